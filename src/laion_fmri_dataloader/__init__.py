@@ -1,0 +1,1 @@
+from laion_fmri_dataloader._version import __version__
