@@ -1,0 +1,362 @@
+"""``LAIONfMRIDataset``: the loader of the LAION-fMRI GLM derivatives.
+
+Examples
+--------
+Load a subject's z map and plot it::
+
+    from laion_fmri_dataloader import LAIONfMRIDataset
+    from nilearn import plotting
+
+    dataset = LAIONfMRIDataset(data_dir="./laion-fmri-data")
+    img = dataset.load_first_level_contrast(
+        subject="sub-01", task="experiment", contrast="faceVsBaseline", stat_type="z"
+    )
+    plotting.plot_stat_map(img, threshold=3.1)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+
+import nibabel as nib
+
+from laion_fmri_dataloader import layout
+from laion_fmri_dataloader.contrasts import order_contrast_names
+from laion_fmri_dataloader.errors import NotFoundError, did_you_mean
+from laion_fmri_dataloader.files import load_image
+from laion_fmri_dataloader.sidecar import MapSidecar
+from laion_fmri_dataloader.storage import Store, open_store
+
+__all__ = ["LAIONfMRIDataset"]
+
+
+class LAIONfMRIDataset:
+    """The GLM derivatives of a LAION-fMRI (or any BIDS) dataset.
+
+    Parameters
+    ----------
+    data_dir : str or path-like
+        The dataset's root folder, which holds ``derivatives/glm``; the GLM
+        derivative folder itself is accepted too.  A URL such as
+        ``s3://bucket/prefix`` reads from an object store.
+    **storage_options
+        Passed to the remote store (``cache_dir``, ``storage_options``...).
+
+    Raises
+    ------
+    NotFoundError
+        If ``data_dir`` holds no GLM derivatives.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, **storage_options) -> None:
+        self.data_dir = data_dir
+        dataset_store = open_store(data_dir, **storage_options)
+        if dataset_store.exists(layout.DERIVATIVE_SUBDIR):
+            self._store: Store = dataset_store.child(layout.DERIVATIVE_SUBDIR)
+        elif dataset_store.exists(layout.FIRST_LEVEL_DIR) or dataset_store.exists(
+            layout.GROUP_LEVEL_DIR
+        ):
+            self._store = dataset_store
+        else:
+            raise NotFoundError(
+                f"{dataset_store.describe()} holds no GLM derivatives (no "
+                f"{layout.DERIVATIVE_SUBDIR} folder); make them with "
+                "`laion-fmri glm DATA_DIR DATA_DIR/derivatives/glm participant` "
+                "followed by `... group`, or try `laion-fmri demo`"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"LAIONfMRIDataset(data_dir={os.fspath(self.data_dir)!r}, "
+            f"subjects={self.subjects})"
+        )
+
+    @property
+    def root(self) -> str:
+        """Where the GLM derivatives are (path or URL)."""
+        return self._store.describe()
+
+    @cached_property
+    def _first_level_files(self) -> dict[str, list[dict[str, str]]]:
+        """Parsed names of every subject's files, by bare subject label."""
+        files = {}
+        for folder in self._store.listdir(layout.FIRST_LEVEL_DIR):
+            if folder.startswith("sub-"):
+                names = self._store.listdir(layout.FIRST_LEVEL_DIR / folder)
+                files[folder[len("sub-") :]] = [
+                    entities for entities in map(layout.parse_name, names) if entities
+                ]
+        return files
+
+    @cached_property
+    def _group_files(self) -> list[dict[str, str]]:
+        names = self._store.listdir(layout.GROUP_LEVEL_DIR)
+        return [entities for entities in map(layout.parse_name, names) if entities]
+
+    @property
+    def subjects(self) -> list[str]:
+        """Subjects with first-level maps, as ``sub-<label>``."""
+        return [f"sub-{label}" for label in sorted(self._first_level_files)]
+
+    def tasks(self, subject: str | None = None) -> list[str]:
+        """Tasks with first-level maps (for one subject, or any)."""
+        labels = [self._subject(subject)] if subject else list(self._first_level_files)
+        return sorted(
+            {
+                entities["task"]
+                for label in labels
+                for entities in self._first_level_files[label]
+                if "task" in entities
+            }
+        )
+
+    def contrasts(
+        self, subject: str | None = None, task: str | None = None
+    ) -> list[str]:
+        """Contrasts with maps: a subject's, or the group's if ``subject`` is None.
+
+        Standard contrasts come first, in their usual order, then any others.
+        """
+        if subject is None:
+            entries: Iterable[dict[str, str]] = self._group_files or [
+                entities
+                for files in self._first_level_files.values()
+                for entities in files
+            ]
+        else:
+            entries = self._first_level_files[self._subject(subject)]
+        return order_contrast_names(
+            entities["contrast"]
+            for entities in entries
+            if "contrast" in entities and (task is None or entities.get("task") == task)
+        )
+
+    def stat_types(
+        self, subject: str | None = None, task: str | None = None
+    ) -> list[str]:
+        """Stat types present for a subject (or at the group level if None)."""
+        if subject is None:
+            entries = self._group_files
+            known = layout.GROUP_STAT_TYPES
+        else:
+            entries = self._first_level_files[self._subject(subject)]
+            known = layout.FIRST_LEVEL_STAT_TYPES
+        found = {
+            entities["stat"]
+            for entities in entries
+            if "stat" in entities and (task is None or entities.get("task") == task)
+        }
+        return [stat for stat in known if stat in found]
+
+    def corrections(self, contrast: str | None = None) -> list[str]:
+        """Corrections with a group map (for one contrast, or any)."""
+        found = {
+            entities["correction"]
+            for entities in self._group_files
+            if entities.get("suffix") == "map"
+            and "correction" in entities
+            and (contrast is None or entities.get("contrast") == contrast)
+        }
+        return [name for name in layout.CORRECTIONS if name in found]
+
+    def _subject(self, subject: str) -> str:
+        label = layout.subject_label(subject)
+        if label not in self._first_level_files:
+            raise NotFoundError(
+                f"subject 'sub-{label}' not found in {self.root}; "
+                + did_you_mean(f"sub-{label}", self.subjects)
+            )
+        return label
+
+    def _require(self, relative: PurePosixPath, missing: str) -> Path:
+        if not self._store.exists(relative):
+            raise NotFoundError(missing)
+        return self._store.local_path(relative)
+
+    def get_path(
+        self,
+        subject: str | None = None,
+        task: str = "experiment",
+        contrast: str = "faceVsBaseline",
+        stat_type: str = "z",
+        correction: str | None = None,
+    ) -> Path:
+        """Local path of a map (first level if ``subject`` is given, else group).
+
+        For a remote dataset, the file is fetched into the cache first.
+
+        Raises
+        ------
+        InvalidLabelError
+            If a label or a stat type / correction name is not allowed.
+        NotFoundError
+            If the map does not exist; the message lists what does.
+        """
+        if subject is None:
+            return self._group_path(contrast, stat_type, correction)
+        return self._first_level_path(subject, task, contrast, stat_type)
+
+    def _first_level_path(
+        self, subject: str, task: str, contrast: str, stat_type: str
+    ) -> Path:
+        relative = layout.first_level_map(subject, task, contrast, stat_type)
+        label = self._subject(subject)
+        if self._store.exists(relative):
+            return self._store.local_path(relative)
+        if task not in self.tasks(subject):
+            raise NotFoundError(
+                f"task '{task}' not found for sub-{label}; "
+                + did_you_mean(task, self.tasks(subject))
+            )
+        contrasts = self.contrasts(subject, task)
+        if contrast not in contrasts:
+            raise NotFoundError(
+                f"contrast '{contrast}' not found for sub-{label} task-{task}; "
+                + did_you_mean(contrast, contrasts)
+            )
+        raise NotFoundError(
+            f"stat type '{stat_type}' of contrast '{contrast}' not found for "
+            f"sub-{label} task-{task}; "
+            + did_you_mean(stat_type, self.stat_types(subject, task))
+        )
+
+    def _group_path(
+        self, contrast: str, stat_type: str, correction: str | None
+    ) -> Path:
+        if correction is not None and stat_type != "z":
+            layout.validate_choice(stat_type, ("z",), "stat_type of a corrected map")
+        relative = layout.group_map(contrast, stat_type, correction)
+        if self._store.exists(relative):
+            return self._store.local_path(relative)
+        contrasts = order_contrast_names(
+            entities["contrast"]
+            for entities in self._group_files
+            if "contrast" in entities
+        )
+        if not contrasts:
+            raise NotFoundError(
+                f"no group-level maps in {self.root}; make them with "
+                "`laion-fmri glm DATA_DIR DATA_DIR/derivatives/glm group`"
+            )
+        if contrast not in contrasts:
+            raise NotFoundError(
+                f"contrast '{contrast}' not found at the group level; "
+                + did_you_mean(contrast, contrasts)
+            )
+        if correction is not None:
+            raise NotFoundError(
+                f"no {correction}-corrected map for contrast '{contrast}'; "
+                + did_you_mean(correction, self.corrections(contrast))
+            )
+        raise NotFoundError(
+            f"stat type '{stat_type}' not found at the group level for '{contrast}'; "
+            + did_you_mean(stat_type, self.stat_types())
+        )
+
+    def load_first_level_contrast(
+        self,
+        subject: str,
+        task: str = "experiment",
+        contrast: str = "faceVsBaseline",
+        stat_type: str = "z",
+    ) -> nib.Nifti1Image:
+        """Load one subject's contrast map.
+
+        Parameters
+        ----------
+        subject : str
+            ``"sub-01"`` or ``"01"``.
+        task : str
+            Task label, e.g. ``"experiment"``.
+        contrast : str
+            Contrast name, e.g. ``"faceVsBaseline"``.
+        stat_type : {'z', 't', 'effect', 'variance'}
+            ``effect`` is in percent signal change; ``variance`` is its variance.
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            A 3D map in the subject's space, ready for ``nilearn.plotting``.
+        """
+        layout.validate_choice(stat_type, layout.FIRST_LEVEL_STAT_TYPES, "stat_type")
+        path = self._first_level_path(subject, task, contrast, stat_type)
+        return load_image(path, what="map")
+
+    def load_all_contrasts(
+        self, subject: str, task: str = "experiment", stat_type: str = "z"
+    ) -> dict[str, nib.Nifti1Image]:
+        """Load every contrast of a subject, standard contrasts first, in order."""
+        layout.validate_choice(stat_type, layout.FIRST_LEVEL_STAT_TYPES, "stat_type")
+        self._subject(subject)
+        names = [
+            contrast
+            for contrast in self.contrasts(subject, task)
+            if self._store.exists(
+                layout.first_level_map(subject, task, contrast, stat_type)
+            )
+        ]
+        if not names:
+            raise NotFoundError(
+                f"no {stat_type} maps for {subject} task-{task}; tasks: "
+                f"{', '.join(self.tasks(subject)) or 'none'}; stat types: "
+                f"{', '.join(self.stat_types(subject, task)) or 'none'}"
+            )
+        return {
+            name: self.load_first_level_contrast(subject, task, name, stat_type)
+            for name in names
+        }
+
+    def load_group_level_contrast(
+        self, contrast: str, stat_type: str = "z", correction: str | None = None
+    ) -> nib.Nifti1Image:
+        """Load a group map, uncorrected or corrected.
+
+        Parameters
+        ----------
+        contrast : str
+            Contrast name.
+        stat_type : {'z', 't', 'p'}
+            Uncorrected statistic (``p`` is two-sided unless the sidecar says).
+        correction : {None, 'fdr', 'fwe'}
+            If given, the corrected map: the z map with every voxel that does
+            not survive the correction set to 0.
+        """
+        if correction is not None:
+            layout.validate_choice(correction, layout.CORRECTIONS, "correction")
+        else:
+            layout.validate_choice(stat_type, layout.GROUP_STAT_TYPES, "stat_type")
+        return load_image(self._group_path(contrast, stat_type, correction), what="map")
+
+    def load_metadata(
+        self,
+        subject: str | None = None,
+        task: str = "experiment",
+        contrast: str = "faceVsBaseline",
+        stat_type: str = "z",
+        correction: str | None = None,
+    ) -> MapSidecar:
+        """The sidecar of a map, as a :class:`~.sidecar.MapSidecar`."""
+        path = self.get_path(subject, task, contrast, stat_type, correction)
+        if subject is None:
+            relative = layout.group_map(contrast, stat_type, correction)
+        else:
+            relative = layout.first_level_map(subject, task, contrast, stat_type)
+        sidecar = layout.sidecar_of(relative)
+        if not self._store.exists(sidecar):
+            raise NotFoundError(
+                f"map {path} has no sidecar {self._store.describe(sidecar)}"
+            )
+        text = self._store.local_path(sidecar).read_text(encoding="utf-8")
+        return MapSidecar.model_validate_json(text)
+
+    def load_design_matrix_image(self, subject: str, task: str = "experiment") -> Path:
+        """Path of a subject's design-matrix figure (PNG, one panel per run)."""
+        label = self._subject(subject)
+        return self._require(
+            layout.design_matrix_png(label, task),
+            f"no design-matrix figure for sub-{label} task-{task}; tasks: "
+            + (", ".join(self.tasks(subject)) or "none"),
+        )

@@ -1,0 +1,236 @@
+"""The one place that builds and parses derivative file names.
+
+Every path of the GLM derivatives is built here from BIDS entities (``sub``,
+``task``, ``contrast``, ``stat``, ``correction``) and parsed back here; no other
+module formats a file name.  Paths are returned relative to the GLM derivative
+root (``<data_dir>/derivatives/glm``) as :class:`~pathlib.PurePosixPath`, so that
+the same names serve a local folder and an object store.
+
+Labels are validated before they reach a path: a label may hold only the BIDS
+label characters ``[A-Za-z0-9]``, so that no ``/``, ``..`` or whitespace can make
+a loader read outside its data directory.
+
+Examples
+--------
+>>> first_level_map("01", "experiment", "faceVsBaseline", "z")
+PurePosixPath('first_level/sub-01/sub-01_task-experiment_contrast-faceVsBaseline_stat-z.nii.gz')
+>>> group_map("faceVsScene", correction="fdr").name
+'group_contrast-faceVsScene_fdr-corrected.nii.gz'
+>>> parse_name("sub-01_task-experiment_contrast-faceVsBaseline_stat-z.nii.gz")["stat"]
+'z'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from laion_fmri_dataloader.errors import InvalidLabelError
+
+__all__ = [
+    "CORRECTIONS",
+    "DERIVATIVE_SUBDIR",
+    "FIRST_LEVEL_DIR",
+    "FIRST_LEVEL_STAT_TYPES",
+    "GROUP_LEVEL_DIR",
+    "GROUP_STAT_TYPES",
+    "cluster_table",
+    "design_matrix_png",
+    "first_level_dir",
+    "first_level_map",
+    "first_level_mask",
+    "group_map",
+    "group_mask",
+    "parse_name",
+    "sidecar_of",
+    "subject_label",
+    "validate_choice",
+    "validate_label",
+]
+
+#: Where the GLM derivatives sit below a dataset's root folder.
+DERIVATIVE_SUBDIR = PurePosixPath("derivatives/glm")
+FIRST_LEVEL_DIR = PurePosixPath("first_level")
+GROUP_LEVEL_DIR = PurePosixPath("group_level")
+
+#: Stat types written per subject; ``effect`` is in percent signal change.
+FIRST_LEVEL_STAT_TYPES = ("effect", "variance", "t", "z")
+#: Stat types written per contrast at the group level.
+GROUP_STAT_TYPES = ("t", "z", "p")
+#: Multiple-comparison corrections with a corrected map.
+CORRECTIONS = ("fdr", "fwe")
+
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+_NIFTI_SUFFIX = ".nii.gz"
+_ENTITY = re.compile(r"(sub|ses|task|run|contrast|stat)-([A-Za-z0-9]+)")
+
+
+def validate_label(value: object, entity: str) -> str:
+    """Return ``value`` if it is a valid BIDS label, else raise.
+
+    Parameters
+    ----------
+    value : object
+        The label given by the user (``"01"``, ``"experiment"``).
+    entity : str
+        What the label names, used in the error message (``"task"``).
+
+    Returns
+    -------
+    str
+        The label, unchanged.
+
+    Raises
+    ------
+    InvalidLabelError
+        If the label is empty or holds anything other than letters and digits.
+
+    Examples
+    --------
+    >>> validate_label("faceVsScene", "contrast")
+    'faceVsScene'
+    """
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise InvalidLabelError(
+            f"{entity} label {value!r} is not allowed: a BIDS label holds only "
+            "letters and digits (no '/', '..', '-', '_' or whitespace)"
+        )
+    return value
+
+
+def subject_label(subject: object) -> str:
+    """Return the bare subject label of ``"sub-01"`` or ``"01"``.
+
+    Examples
+    --------
+    >>> subject_label("sub-01"), subject_label("01")
+    ('01', '01')
+    """
+    if isinstance(subject, int) and not isinstance(subject, bool):
+        subject = f"{subject:02d}"
+    if isinstance(subject, str) and subject.startswith("sub-"):
+        subject = subject[len("sub-") :]
+    return validate_label(subject, "subject")
+
+
+def validate_choice(value: object, allowed: tuple[str, ...], name: str) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise with the list.
+
+    Examples
+    --------
+    >>> validate_choice("z", FIRST_LEVEL_STAT_TYPES, "stat_type")
+    'z'
+    """
+    if value not in allowed:
+        raise InvalidLabelError(f"{name} must be one of {list(allowed)}; got {value!r}")
+    return str(value)
+
+
+def first_level_dir(subject: str) -> PurePosixPath:
+    """Folder of one subject's first-level maps."""
+    return FIRST_LEVEL_DIR / f"sub-{subject_label(subject)}"
+
+
+def _subject_prefix(subject: str, task: str) -> str:
+    return f"sub-{subject_label(subject)}_task-{validate_label(task, 'task')}"
+
+
+def first_level_map(subject: str, task: str, contrast: str, stat: str) -> PurePosixPath:
+    """Path of a first-level map, e.g. ``..._contrast-faceVsBaseline_stat-z.nii.gz``."""
+    validate_choice(stat, FIRST_LEVEL_STAT_TYPES, "stat_type")
+    contrast = validate_label(contrast, "contrast")
+    name = f"{_subject_prefix(subject, task)}_contrast-{contrast}_stat-{stat}"
+    return first_level_dir(subject) / (name + _NIFTI_SUFFIX)
+
+
+def first_level_mask(subject: str, task: str) -> PurePosixPath:
+    """Path of the brain mask a subject's first-level maps were fitted in."""
+    return first_level_dir(subject) / f"{_subject_prefix(subject, task)}_mask.nii.gz"
+
+
+def design_matrix_png(subject: str, task: str) -> PurePosixPath:
+    """Path of the design-matrix figure (one panel per run)."""
+    name = f"{_subject_prefix(subject, task)}_design-matrix.png"
+    return first_level_dir(subject) / name
+
+
+def group_map(
+    contrast: str, stat: str = "z", correction: str | None = None
+) -> PurePosixPath:
+    """Path of a group map: ``stat`` map, or the corrected z map if ``correction``."""
+    contrast = validate_label(contrast, "contrast")
+    if correction is None:
+        validate_choice(stat, GROUP_STAT_TYPES, "stat_type")
+        name = f"group_contrast-{contrast}_stat-{stat}"
+    else:
+        validate_choice(correction, CORRECTIONS, "correction")
+        name = f"group_contrast-{contrast}_{correction}-corrected"
+    return GROUP_LEVEL_DIR / (name + _NIFTI_SUFFIX)
+
+
+def cluster_table(contrast: str, correction: str) -> PurePosixPath:
+    """Path of the cluster table (TSV) beside a corrected group map."""
+    corrected = group_map(contrast, correction=correction)
+    return corrected.with_name(
+        corrected.name.replace("-corrected.nii.gz", "-corrected_clusters.tsv")
+    )
+
+
+def group_mask() -> PurePosixPath:
+    """Path of the group mask (intersection of the subjects' masks)."""
+    return GROUP_LEVEL_DIR / "group_mask.nii.gz"
+
+
+def sidecar_of(path: PurePosixPath) -> PurePosixPath:
+    """JSON sidecar path of a map (``.nii.gz`` replaced by ``.json``)."""
+    name = path.name
+    if name.endswith(_NIFTI_SUFFIX):
+        name = name[: -len(_NIFTI_SUFFIX)]
+    else:
+        name = name.rsplit(".", 1)[0]
+    return path.with_name(name + ".json")
+
+
+def parse_name(filename: str) -> dict[str, str]:
+    """Parse the entities of a derivative file name.
+
+    Returns a dict with the entities found (``sub``, ``task``, ``contrast``,
+    ``stat``), ``correction`` for corrected group maps, ``level`` (``"first"`` or
+    ``"group"``) and ``suffix`` (``"map"``, ``"design-matrix"``, ``"mask"``...).
+    An empty dict means the name is not one of ours.
+
+    Examples
+    --------
+    >>> parse_name("group_contrast-faceVsScene_fwe-corrected.nii.gz")["correction"]
+    'fwe'
+    >>> parse_name("notes.txt")
+    {}
+    """
+    name = PurePosixPath(filename).name
+    entities: dict[str, str] = dict(_ENTITY.findall(name))
+    if name.startswith("group_"):
+        entities["level"] = "group"
+    elif "sub" in entities:
+        entities["level"] = "first"
+    else:
+        return {}
+    corrected = re.search(
+        r"_(fdr|fwe)-corrected(\.nii\.gz|\.json|_clusters\.tsv)$", name
+    )
+    if corrected:
+        entities["correction"] = corrected.group(1)
+        entities["suffix"] = (
+            "clusters" if corrected.group(2) == "_clusters.tsv" else "map"
+        )
+    elif name.endswith("_design-matrix.png"):
+        entities["suffix"] = "design-matrix"
+    elif name.endswith(("_mask.nii.gz", "_mask.json")):
+        entities["suffix"] = "mask"
+    elif "stat" in entities:
+        entities["suffix"] = "map"
+    else:
+        return {}
+    entities["extension"] = (
+        ".json" if name.endswith(".json") else name[name.find(".") :]
+    )
+    return entities
