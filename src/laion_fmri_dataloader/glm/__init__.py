@@ -1,0 +1,1 @@
+"""First- and second-level GLM: design matrices, the array-level solver, pipelines."""
