@@ -1,0 +1,508 @@
+"""First level, one subject: design and AR(1) fit per run, fixed effects, outputs.
+
+For each run of the task (across sessions) the events are mapped onto the
+categories, a design matrix is built (:mod:`.design`) and the AR(1) GLM is fit
+inside the intersection of the runs' brain masks (:mod:`.engine`).  Runs are
+combined by fixed effects and every contrast's ``effect`` (percent signal
+change), ``variance``, ``t`` and ``z`` maps are written with their sidecars,
+atomically, together with the subject's mask and design-matrix figure.
+
+Every input is checked before the first fit, so that bad input stops the
+subject with one clear :class:`~laion_fmri_dataloader.errors.InputError` and
+nothing is written.  A rerun skips a subject whose outputs are complete and
+were made from the same inputs with the same parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from laion_fmri_dataloader import layout
+from laion_fmri_dataloader._version import __version__
+from laion_fmri_dataloader.bids_input import (
+    DEFAULT_CONFOUNDS,
+    RunInputs,
+    find_runs,
+    read_bold,
+    read_confounds,
+    read_events,
+    read_mask,
+    read_repetition_time,
+)
+from laion_fmri_dataloader.contrasts import (
+    CONDITIONS,
+    STANDARD_CONTRASTS,
+    Contrast,
+    contrast_vector,
+)
+from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.files import atomic_output, save_image, write_json
+from laion_fmri_dataloader.glm.design import ModelSettings, make_design, plot_designs
+from laion_fmri_dataloader.glm.engine import (
+    ContrastResult,
+    fit_ar1_contrasts,
+    fixed_effects,
+)
+from laion_fmri_dataloader.sidecar import (
+    DatasetDescription,
+    Generator,
+    MapSidecar,
+    ModelInfo,
+    contrast_info,
+    software_versions,
+)
+
+__all__ = [
+    "FirstLevelConfig",
+    "SubjectResult",
+    "masked_timeseries",
+    "run_subject",
+    "write_dataset_description",
+]
+
+log = logging.getLogger("laion_fmri")
+
+
+@dataclass(frozen=True)
+class FirstLevelConfig:
+    """Everything that decides a subject's first-level outputs.
+
+    Attributes
+    ----------
+    bids_dir, output_dir : Path
+        The raw BIDS dataset and the GLM derivative folder.
+    task : str
+        Task label.
+    fmriprep_dir : Path or None
+        Defaults to ``bids_dir/derivatives/fmriprep``.
+    space, desc : str
+        Entities of the preprocessed BOLD series.
+    condition_map : mapping of str to tuple of str
+        Category -> trial types (``{"face": ("adult", "child")}``).
+    extra_contrasts : tuple of Contrast
+        User contrasts beside the six standard ones.
+    confounds : tuple of str
+        Confound columns of the model.
+    model : ModelSettings
+        HRF, drift, high-pass, smoothing.
+    force : bool
+        Redo subjects whose outputs are complete.
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    task: str = "experiment"
+    fmriprep_dir: Path | None = None
+    space: str = "MNI152NLin2009cAsym"
+    desc: str = "preproc"
+    condition_map: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extra_contrasts: tuple[Contrast, ...] = ()
+    confounds: tuple[str, ...] = DEFAULT_CONFOUNDS
+    model: ModelSettings = field(default_factory=ModelSettings)
+    force: bool = False
+
+    @property
+    def fmriprep(self) -> Path:
+        """The fMRIPrep folder in use."""
+        if self.fmriprep_dir is not None:
+            return Path(self.fmriprep_dir)
+        return Path(self.bids_dir) / "derivatives" / "fmriprep"
+
+    @property
+    def contrasts(self) -> dict[str, Contrast]:
+        """Standard and user contrasts, by name."""
+        return {**STANDARD_CONTRASTS, **{c.name: c for c in self.extra_contrasts}}
+
+    def parameters(self) -> dict[str, object]:
+        """The parameters that decide the outputs, as JSON-ready values."""
+        return {
+            "Task": self.task,
+            "Space": self.space,
+            "Desc": self.desc,
+            "ConditionMap": {k: list(v) for k, v in sorted(self.condition_map.items())},
+            "Contrasts": {
+                name: contrast.weights for name, contrast in self.contrasts.items()
+            },
+            "Confounds": list(self.confounds),
+            "Model": asdict(self.model),
+            "Version": __version__,
+        }
+
+
+@dataclass
+class SubjectResult:
+    """What happened to one subject."""
+
+    subject: str
+    status: str
+    n_runs: int = 0
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _PreparedRun:
+    inputs: RunInputs
+    design: pd.DataFrame
+    n_volumes: int
+    repetition_time: float
+
+
+def masked_timeseries(bold: nib.Nifti1Image, mask: np.ndarray) -> np.ndarray:
+    """Voxel time series inside ``mask`` as a float32 (n_volumes, n_voxels) array."""
+    data = np.asanyarray(bold.dataobj)
+    flat_mask = mask.reshape(-1, order="F")
+    series = data.reshape(flat_mask.size, data.shape[3], order="F")[flat_mask]
+    return np.asarray(series, dtype=np.float32).T
+
+
+def _fingerprint(config: FirstLevelConfig, runs: Sequence[RunInputs]) -> str:
+    inputs = [
+        (str(path), path.stat().st_size, path.stat().st_mtime_ns)
+        for run in runs
+        for path in run.files
+    ]
+    text = json.dumps(
+        {"parameters": config.parameters(), "inputs": inputs}, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _expected_maps(config: FirstLevelConfig, subject: str) -> list:
+    return [
+        layout.first_level_map(subject, config.task, name, stat)
+        for name in config.contrasts
+        for stat in layout.FIRST_LEVEL_STAT_TYPES
+    ]
+
+
+def _is_complete(config: FirstLevelConfig, subject: str, fingerprint: str) -> bool:
+    root = Path(config.output_dir)
+    if not (root / layout.design_matrix_png(subject, config.task)).is_file():
+        return False
+    for relative in [
+        *_expected_maps(config, subject),
+        layout.first_level_mask(subject, config.task),
+    ]:
+        sidecar = root / layout.sidecar_of(relative)
+        if not (root / relative).is_file() or not sidecar.is_file():
+            return False
+        try:
+            recorded = json.loads(sidecar.read_text()).get("Parameters", {})
+        except (OSError, json.JSONDecodeError):
+            return False
+        if recorded.get("Fingerprint") != fingerprint:
+            return False
+    return True
+
+
+def _check_conditions(
+    config: FirstLevelConfig, runs: Sequence[RunInputs], events: Sequence[pd.DataFrame]
+) -> tuple[list[str], list[str], bool]:
+    """Task conditions, extra trial types, and whether the baseline is implicit."""
+    present = [set(table["trial_type"]) for table in events]
+    all_types = set().union(*present)
+    categories = [c for c in CONDITIONS if c in all_types]
+    extras = sorted(all_types - set(CONDITIONS))
+    if not set(categories) - {"baseline"}:
+        raise InputError(
+            f"events files such as {runs[0].events} have trial types "
+            f"{', '.join(sorted(all_types))}, none of which is face, scene or object; "
+            "map them with e.g. --condition face=adult,child"
+        )
+    implicit_baseline = "baseline" not in all_types
+    for run, types in zip(runs, present, strict=True):
+        for contrast in config.contrasts.values():
+            for condition in contrast.conditions:
+                if implicit_baseline and condition == "baseline":
+                    continue
+                if condition not in types:
+                    raise InputError(
+                        f"events file {run.events} has no '{condition}' events, which "
+                        f"contrast {contrast.name} needs; add them, map a trial type "
+                        f"onto it with --condition {condition}=TYPE, or drop the run"
+                    )
+    return categories, extras, implicit_baseline
+
+
+def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]):
+    """Read and check every run's events, confounds and header; build designs."""
+    events = [read_events(run.events, config.condition_map) for run in runs]
+    conditions, extras, implicit_baseline = _check_conditions(config, runs, events)
+    prepared = []
+    for run, table in zip(runs, events, strict=True):
+        header_only = nib.load(run.bold) if run.bold.is_file() else None
+        if header_only is None:
+            raise InputError(f"BOLD series {run.bold} does not exist")
+        if len(header_only.shape) != 4 or header_only.shape[3] < 2:
+            raise InputError(
+                f"BOLD series {run.bold} has shape {header_only.shape}; a 4D series "
+                "with at least two volumes is needed"
+            )
+        n_volumes = header_only.shape[3]
+        repetition_time = read_repetition_time(run.bold_json, header_only, run.bold)
+        confounds = read_confounds(run.confounds, config.confounds, n_volumes)
+        last_onset = float(table["onset"].max())
+        if last_onset >= n_volumes * repetition_time:
+            raise InputError(
+                f"events file {run.events}: an event starts at {last_onset:g} s, "
+                f"after the run ends ({n_volumes} volumes x {repetition_time:g} s); "
+                "is it the events file of this run?"
+            )
+        design = make_design(table, confounds, n_volumes, repetition_time, config.model)
+        prepared.append(_PreparedRun(run, design, n_volumes, repetition_time))
+    return prepared, conditions, extras, implicit_baseline
+
+
+def _intersect_masks(runs: Sequence[RunInputs]) -> tuple[np.ndarray, nib.Nifti1Image]:
+    reference = nib.load(runs[0].bold)
+    mask = None
+    for run in runs:
+        bold = nib.load(run.bold)
+        if bold.shape[:3] != reference.shape[:3] or not np.allclose(
+            bold.affine, reference.affine, atol=1e-3
+        ):
+            raise InputError(
+                f"BOLD series {run.bold} is not on the grid of {runs[0].bold.name}; "
+                "all runs of a subject must be in the same space"
+            )
+        run_mask = read_mask(run.mask, bold, run.bold)
+        mask = run_mask if mask is None else mask & run_mask
+    if not mask.any():
+        raise InputError(f"the brain masks of {runs[0].bold.parent} do not overlap")
+    return mask, reference
+
+
+def _fit_run(prepared: _PreparedRun, mask, vectors, smoothing_fwhm):
+    bold = read_bold(prepared.inputs.bold)
+    if smoothing_fwhm:
+        from nilearn.image import smooth_img
+
+        bold = smooth_img(bold, smoothing_fwhm)
+    data = masked_timeseries(bold, mask)
+    del bold
+    return fit_ar1_contrasts(data, prepared.design.to_numpy(), vectors)
+
+
+def _volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    volume = np.zeros(mask.shape, dtype=np.float32)
+    volume[mask] = values
+    return volume
+
+
+def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
+    """Fit the first level of one subject and write its outputs.
+
+    Parameters
+    ----------
+    config : FirstLevelConfig
+        Inputs, model and options.
+    subject : str
+        ``"01"`` or ``"sub-01"``.
+
+    Returns
+    -------
+    SubjectResult
+        ``status`` is ``"done"`` or ``"skipped"`` (outputs already complete).
+
+    Raises
+    ------
+    InputError, NotFoundError
+        On bad input, before anything of the subject is written.
+    """
+    label = layout.subject_label(subject)
+    runs = find_runs(
+        config.bids_dir,
+        config.fmriprep,
+        label,
+        config.task,
+        space=config.space,
+        desc=config.desc,
+    )
+    fingerprint = _fingerprint(config, runs)
+    if not config.force and _is_complete(config, label, fingerprint):
+        log.info("sub-%s: outputs complete and up to date, skipped", label)
+        return SubjectResult(f"sub-{label}", "skipped", len(runs))
+    prepared, conditions, extras, implicit_baseline = _prepare(config, runs)
+    mask, reference = _intersect_masks(runs)
+    volumes = sorted({run.n_volumes for run in prepared})
+    trs = sorted({run.repetition_time for run in prepared})
+    log.info(
+        "sub-%s: %d run%s, %s volumes each, TR %s s, %d voxels in the brain mask%s",
+        label,
+        len(prepared),
+        "" if len(prepared) == 1 else "s",
+        " or ".join(map(str, volumes)),
+        " or ".join(f"{tr:g}" for tr in trs),
+        int(mask.sum()),
+        f"; extra trial types modelled as own regressors: {', '.join(extras)}"
+        if extras
+        else "",
+    )
+    warnings = []
+    if implicit_baseline:
+        warnings.append(
+            "no 'baseline' trial type: contrasts against baseline use the "
+            "implicit baseline"
+        )
+    per_run: list[dict[str, ContrastResult]] = []
+    for index, run in enumerate(prepared, start=1):
+        columns = list(run.design.columns)
+        vectors = {
+            name: contrast_vector(
+                contrast, columns, implicit_baseline=implicit_baseline
+            )
+            for name, contrast in config.contrasts.items()
+        }
+        log.info(
+            "sub-%s: fitting %s (%d of %d)",
+            label,
+            run.inputs.name,
+            index,
+            len(prepared),
+        )
+        per_run.append(_fit_run(run, mask, vectors, config.model.smoothing_fwhm))
+    combined = {
+        name: fixed_effects([results[name] for results in per_run])
+        for name in config.contrasts
+    }
+    degenerate = np.logical_or.reduce([r.degenerate for r in combined.values()])
+    if degenerate.any():
+        warnings.append(
+            f"{int(degenerate.sum())} voxels with NaN or constant time series in every "
+            "run were left out of the mask"
+        )
+    final_mask = mask.copy()
+    final_mask[mask] = ~degenerate
+    for warning in warnings:
+        log.warning("sub-%s: %s", label, warning)
+    _write_subject(
+        config,
+        label,
+        prepared,
+        combined,
+        mask,
+        final_mask,
+        reference,
+        conditions,
+        extras,
+        implicit_baseline,
+        fingerprint,
+        warnings,
+    )
+    return SubjectResult(f"sub-{label}", "done", len(prepared), warnings=warnings)
+
+
+def _write_subject(
+    config,
+    label,
+    prepared,
+    combined,
+    fit_mask,
+    final_mask,
+    reference,
+    conditions,
+    extras,
+    implicit_baseline,
+    fingerprint,
+    warnings,
+):
+    root = Path(config.output_dir)
+    keep = final_mask[fit_mask]
+    all_conditions = [*conditions, *extras]
+    base = MapSidecar(
+        AnalysisLevel="first",
+        Subject=f"sub-{label}",
+        Task=config.task,
+        Model=ModelInfo(
+            HRF=config.model.hrf_model,
+            DriftModel=config.model.drift_model,
+            HighPassFilter=config.model.high_pass,
+            NoiseModel=config.model.noise_model,
+            SmoothingFWHM=config.model.smoothing_fwhm,
+        ),
+        Software=software_versions(),
+        Confounds=list(config.confounds),
+        Conditions=all_conditions,
+        ExtraConditions=extras,
+        ImplicitBaseline=implicit_baseline,
+        Runs=[str(run.inputs.bold) for run in prepared],
+        Mask=str(layout.first_level_mask(label, config.task).name),
+        Parameters={
+            **config.parameters(),
+            "Fingerprint": fingerprint,
+            "RepetitionTime": sorted({run.repetition_time for run in prepared}),
+            "NumberOfVolumes": [run.n_volumes for run in prepared],
+            "Warnings": warnings,
+        },
+    )
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    units = {
+        "effect": "percent signal change",
+        "variance": "(percent signal change)^2",
+        "t": "t",
+        "z": "z",
+    }
+    figure = plot_designs(
+        [run.design for run in prepared],
+        [run.inputs.name for run in prepared],
+        f"sub-{label} task-{config.task}: design matrices",
+    )
+    with atomic_output(
+        root / layout.design_matrix_png(label, config.task)
+    ) as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
+    for name, result in combined.items():
+        contrast = config.contrasts[name]
+        for stat in layout.FIRST_LEVEL_STAT_TYPES:
+            values = np.where(keep, getattr(result, stat), 0)
+            relative = layout.first_level_map(label, config.task, name, stat)
+            image = nib.Nifti1Image(_volume(values, fit_mask), reference.affine, header)
+            image.header.set_xyzt_units("mm", "sec")
+            save_image(image, root / relative)
+            sidecar = base.model_copy(
+                update={
+                    "StatType": stat,
+                    "Units": units[stat],
+                    "DegreesOfFreedom": result.dof,
+                    "Contrasts": {
+                        name: contrast_info(
+                            contrast, all_conditions or list(CONDITIONS)
+                        )
+                    },
+                }
+            )
+            write_json(sidecar, root / layout.sidecar_of(relative))
+    mask_path = layout.first_level_mask(label, config.task)
+    mask_image = nib.Nifti1Image(final_mask.astype(np.uint8), reference.affine)
+    save_image(mask_image, root / mask_path)
+    write_json(
+        base.model_copy(update={"StatType": "mask"}),
+        root / layout.sidecar_of(mask_path),
+    )
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
+    """Write the BIDS-derivative ``dataset_description.json`` of the GLM outputs."""
+    description = DatasetDescription(
+        Name="LAION-fMRI GLM derivatives",
+        GeneratedBy=[
+            Generator(
+                Name="laion-fmri-dataloader",
+                Version=__version__,
+                Description="First- and group-level GLM of the category localizer",
+            )
+        ],
+        SourceDatasets=[{"URL": Path(bids_dir).resolve().as_uri()}],
+    )
+    write_json(description, Path(output_dir) / "dataset_description.json")

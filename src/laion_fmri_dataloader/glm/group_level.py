@@ -1,0 +1,482 @@
+"""Group level: one-sample t over subjects' effect maps, FDR and FWE maps.
+
+Reads every subject's first-level ``stat-effect`` maps (percent signal change)
+and masks from the derivative layout, fits an OLS one-sample t test per contrast
+inside the intersection of the subjects' masks, and writes the ``t``, ``z`` and
+``p`` maps, the FDR- and FWE-corrected maps (the z map, 0 where a voxel does not
+survive), a cluster table beside each corrected map, and sidecars.
+
+FWE: sign-flip permutation of the max |t| when the subjects are enough for it to
+reach alpha (``--fwe auto``), otherwise Bonferroni, which the sidecar and the
+log state.  Everything is read and checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from laion_fmri_dataloader import layout
+from laion_fmri_dataloader._version import __version__
+from laion_fmri_dataloader.contrasts import order_contrast_names
+from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
+from laion_fmri_dataloader.files import load_image, save_image, write_json, write_text
+from laion_fmri_dataloader.glm.inference import (
+    bonferroni_mask,
+    cluster_table,
+    fdr_threshold,
+    min_n_perm,
+    min_subjects_for_permutation,
+    permutation_count,
+    sign_flip_max_t,
+)
+from laion_fmri_dataloader.glm.second_level import OneSampleResult, one_sample_t
+from laion_fmri_dataloader.sidecar import (
+    ContrastInfo,
+    CorrectionInfo,
+    MapSidecar,
+    ModelInfo,
+    software_versions,
+)
+
+__all__ = [
+    "MIN_SUBJECTS",
+    "GroupConfig",
+    "GroupInputs",
+    "read_group_inputs",
+    "run_group",
+]
+
+log = logging.getLogger("laion_fmri")
+
+#: Fewer subjects than this give no usable estimate of between-subject variance.
+MIN_SUBJECTS = 3
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Options of the group level.
+
+    Attributes
+    ----------
+    output_dir : Path
+        The GLM derivative folder (holds ``first_level``; gets ``group_level``).
+    task : str
+        Task of the first-level maps.
+    subjects : tuple of str
+        Bare labels; empty means every subject with first-level maps.
+    alpha : float
+        FDR q and FWE alpha.
+    n_perm : int
+        Sign-flip permutations (the unflipped data included).
+    fwe : {'auto', 'permutation', 'bonferroni'}
+        FWE method.
+    one_sided : bool
+        Test effect > 0 only.
+    seed : int
+        Seed of the permutations.
+    smoothing_fwhm : float or None
+        Gaussian smoothing of the effect maps before the test, mm.
+    force : bool
+        Redo contrasts whose outputs are complete.
+    """
+
+    output_dir: Path
+    task: str = "experiment"
+    subjects: tuple[str, ...] = ()
+    alpha: float = 0.05
+    n_perm: int = 10000
+    fwe: str = "auto"
+    one_sided: bool = False
+    seed: int = 0
+    smoothing_fwhm: float | None = None
+    force: bool = False
+
+    def parameters(self) -> dict[str, object]:
+        values = asdict(self)
+        for key in ("output_dir", "force"):
+            values.pop(key)
+        return {**values, "version": __version__}
+
+
+@dataclass
+class GroupInputs:
+    """Subjects' effect maps of every contrast, inside the group mask."""
+
+    subjects: list[str]
+    contrasts: list[str]
+    mask: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    effects: dict[str, np.ndarray]
+    files: list[Path]
+    contrast_info: dict[str, ContrastInfo]
+
+
+def _subjects_with_maps(root: Path, task: str) -> list[str]:
+    folder = root / layout.FIRST_LEVEL_DIR
+    return sorted(
+        path.name[len("sub-") :]
+        for path in folder.glob("sub-*")
+        if any(path.glob(f"{path.name}_task-{task}_contrast-*_stat-effect.nii.gz"))
+    )
+
+
+def _contrasts_of(root: Path, subject: str, task: str) -> set[str]:
+    folder = root / layout.first_level_dir(subject)
+    names = (
+        layout.parse_name(path.name) for path in folder.glob("*_stat-effect.nii.gz")
+    )
+    return {n["contrast"] for n in names if n.get("task") == task and "contrast" in n}
+
+
+def read_group_inputs(config: GroupConfig) -> GroupInputs:
+    """Read and check the subjects' maps: same grid, no NaN, every contrast present.
+
+    Raises
+    ------
+    InputError
+        Fewer than three subjects, grids that differ, a contrast missing in
+        some subject, NaN inside the mask.
+    """
+    root = Path(config.output_dir)
+    layout.validate_label(config.task, "task")
+    available = _subjects_with_maps(root, config.task)
+    if config.subjects:
+        missing = [s for s in config.subjects if s not in available]
+        if missing:
+            raise NotFoundError(
+                f"sub-{missing[0]} has no first-level task-{config.task} maps in "
+                f"{root / layout.FIRST_LEVEL_DIR}; run the participant level first; "
+                + did_you_mean(f"sub-{missing[0]}", [f"sub-{s}" for s in available])
+            )
+        subjects = list(config.subjects)
+    else:
+        subjects = available
+    if len(subjects) < MIN_SUBJECTS:
+        raise InputError(
+            f"the group level needs at least {MIN_SUBJECTS} subjects with first-level "
+            f"task-{config.task} maps in {root / layout.FIRST_LEVEL_DIR}; found "
+            f"{len(subjects)} ({', '.join(f'sub-{s}' for s in subjects) or 'none'})"
+        )
+    per_subject = {s: _contrasts_of(root, s, config.task) for s in subjects}
+    contrasts = order_contrast_names(set().union(*per_subject.values()))
+    for subject, names in per_subject.items():
+        absent = [c for c in contrasts if c not in names]
+        if absent:
+            raise InputError(
+                f"sub-{subject} has no task-{config.task} effect map of contrast "
+                f"{absent[0]} (other subjects have it); rerun its participant level "
+                "with the same --contrast options, or leave it out with "
+                "--participant-label"
+            )
+    reference_path = root / layout.first_level_map(
+        subjects[0], config.task, contrasts[0], "effect"
+    )
+    reference = load_image(reference_path, what="effect map")
+    mask = np.ones(reference.shape, dtype=bool)
+    files = []
+    for subject in subjects:
+        mask_path = root / layout.first_level_mask(subject, config.task)
+        if mask_path.is_file():
+            subject_mask = load_image(mask_path, what="mask")
+            _check_grid(subject_mask, reference, mask_path, reference_path)
+            mask &= np.asanyarray(subject_mask.dataobj) > 0
+            files.append(mask_path)
+    effects = {}
+    for contrast in contrasts:
+        maps = []
+        for subject in subjects:
+            path = root / layout.first_level_map(
+                subject, config.task, contrast, "effect"
+            )
+            image = load_image(path, what="effect map")
+            _check_grid(image, reference, path, reference_path)
+            maps.append(image)
+            files.append(path)
+        effects[contrast] = maps
+    for contrast, maps in effects.items():
+        if config.smoothing_fwhm:
+            from nilearn.image import smooth_img
+
+            maps = smooth_img(maps, config.smoothing_fwhm)
+        stacked = np.stack([np.asanyarray(image.dataobj)[mask] for image in maps])
+        bad = ~np.isfinite(stacked).all(axis=1)
+        if bad.any():
+            subject = subjects[int(np.flatnonzero(bad)[0])]
+            path = layout.first_level_map(subject, config.task, contrast, "effect")
+            raise InputError(
+                f"{path} has "
+                "NaN or infinite values inside the group mask; rerun that subject's "
+                "participant level"
+            )
+        effects[contrast] = stacked.astype(np.float64)
+    if not mask.any():
+        raise InputError("the subjects' masks do not overlap; are they in one space?")
+    sidecar_path = root / layout.sidecar_of(
+        layout.first_level_map(subjects[0], config.task, contrasts[0], "effect")
+    )
+    info = {}
+    for contrast in contrasts:
+        sidecar_path = root / layout.sidecar_of(
+            layout.first_level_map(subjects[0], config.task, contrast, "effect")
+        )
+        if sidecar_path.is_file():
+            sidecar = MapSidecar.model_validate_json(sidecar_path.read_text())
+            info.update(sidecar.Contrasts)
+    return GroupInputs(
+        subjects=[f"sub-{s}" for s in subjects],
+        contrasts=contrasts,
+        mask=mask,
+        affine=reference.affine,
+        header=reference.header,
+        effects=effects,
+        files=files,
+        contrast_info=info,
+    )
+
+
+def _check_grid(image, reference, path, reference_path) -> None:
+    if image.shape[:3] != reference.shape[:3] or not np.allclose(
+        image.affine, reference.affine, atol=1e-3
+    ):
+        raise InputError(
+            f"{path} (shape {image.shape[:3]}) is not on the grid of {reference_path} "
+            f"(shape {reference.shape[:3]}); all subjects' maps must share one space "
+            "and resolution"
+        )
+
+
+def _fwe_method(config: GroupConfig, n_subjects: int) -> str:
+    smallest = min_subjects_for_permutation(config.alpha, config.one_sided)
+    if config.fwe == "permutation" and n_subjects < smallest:
+        raise InputError(
+            f"--fwe permutation cannot reach alpha={config.alpha} with {n_subjects} "
+            f"subjects: 2^{n_subjects} sign flips give a smallest corrected p of "
+            f"{(1 if config.one_sided else 2) / 2**n_subjects:g}; it needs at least "
+            f"{smallest} subjects (use --fwe bonferroni or auto)"
+        )
+    method = config.fwe
+    if method == "auto":
+        method = "permutation" if n_subjects >= smallest else "bonferroni"
+    if method == "permutation":
+        n_used, exhaustive = permutation_count(n_subjects, config.n_perm)
+        if not exhaustive and n_used < min_n_perm(config.alpha):
+            raise InputError(
+                f"--n-perm {config.n_perm} is too small for alpha={config.alpha}; "
+                f"use at least {min_n_perm(config.alpha)}"
+            )
+    return method
+
+
+def _fingerprint(config: GroupConfig, files: list[Path]) -> str:
+    inputs = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    text = json.dumps(
+        {"parameters": config.parameters(), "inputs": inputs}, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_complete(root: Path, contrasts: list[str], fingerprint: str) -> bool:
+    for contrast in contrasts:
+        paths = [layout.group_map(contrast, stat) for stat in layout.GROUP_STAT_TYPES]
+        paths += [layout.group_map(contrast, correction=c) for c in layout.CORRECTIONS]
+        for relative in paths:
+            sidecar = root / layout.sidecar_of(relative)
+            if not (root / relative).is_file() or not sidecar.is_file():
+                return False
+            try:
+                recorded = json.loads(sidecar.read_text()).get("Parameters", {})
+            except (OSError, json.JSONDecodeError):
+                return False
+            if recorded.get("Fingerprint") != fingerprint:
+                return False
+    return True
+
+
+def _survivor_threshold(z: np.ndarray, survive: np.ndarray) -> float | None:
+    """Smallest |z| that survives, so that ``|z| >= threshold`` reproduces the map."""
+    return float(np.abs(z[survive]).min()) if survive.any() else None
+
+
+def run_group(config: GroupConfig, scheduler: str = "none", **options) -> list[Path]:
+    """Fit the group level of every contrast and write its maps.
+
+    Returns
+    -------
+    list of Path
+        The maps written (empty when everything was already complete).
+    """
+    inputs = read_group_inputs(config)
+    root = Path(config.output_dir)
+    n_subjects = len(inputs.subjects)
+    method = _fwe_method(config, n_subjects)
+    fingerprint = _fingerprint(config, inputs.files)
+    if not config.force and _is_complete(root, inputs.contrasts, fingerprint):
+        log.info("group level: outputs complete and up to date, skipped")
+        return []
+    sidedness = "one-sided (effect > 0)" if config.one_sided else "two-sided"
+    log.info(
+        "group level: %d subjects (%s), %d contrasts, %d voxels in the group mask; "
+        "FDR q=%g, FWE %s at alpha=%g, %s",
+        n_subjects,
+        ", ".join(inputs.subjects),
+        len(inputs.contrasts),
+        int(inputs.mask.sum()),
+        config.alpha,
+        method,
+        config.alpha,
+        sidedness,
+    )
+    if method == "bonferroni" and config.fwe == "auto":
+        log.info(
+            "group level: %d subjects are too few for a sign-flip FWE test at "
+            "alpha=%g (at least %d needed); the FWE map uses Bonferroni",
+            n_subjects,
+            config.alpha,
+            min_subjects_for_permutation(config.alpha, config.one_sided),
+        )
+    written: list[Path] = []
+    for contrast in inputs.contrasts:
+        written += _contrast_outputs(
+            config, inputs, contrast, method, fingerprint, scheduler, options
+        )
+    mask_image = nib.Nifti1Image(inputs.mask.astype(np.uint8), inputs.affine)
+    written.append(save_image(mask_image, root / layout.group_mask()))
+    return written
+
+
+def _permutation(effects, config, scheduler, options):
+    if scheduler == "none":
+        return sign_flip_max_t(
+            effects,
+            n_perm=config.n_perm,
+            alpha=config.alpha,
+            one_sided=config.one_sided,
+            seed=config.seed,
+        )
+    from laion_fmri_dataloader.scheduling import distributed_sign_flip
+
+    return distributed_sign_flip(effects, config, scheduler=scheduler, **options)
+
+
+def _contrast_outputs(
+    config, inputs, contrast, method, fingerprint, scheduler, options
+):
+    root = Path(config.output_dir)
+    effects = inputs.effects[contrast]
+    result: OneSampleResult = one_sample_t(effects, one_sided=config.one_sided)
+    base = MapSidecar(
+        AnalysisLevel="group",
+        Task=config.task,
+        Subjects=inputs.subjects,
+        Model=ModelInfo(
+            Type="OLS one-sample t test over subjects' first-level effects",
+            HRF="spm",
+            NoiseModel="ols",
+            SmoothingFWHM=config.smoothing_fwhm,
+        ),
+        Contrasts={contrast: inputs.contrast_info[contrast]}
+        if contrast in inputs.contrast_info
+        else {},
+        Software=software_versions(),
+        DegreesOfFreedom=float(result.dof),
+        Mask=layout.group_mask().name,
+        Parameters={**config.parameters(), "Fingerprint": fingerprint},
+    )
+    header = inputs.header.copy()
+    header.set_data_dtype(np.float32)
+
+    def volume(values):
+        data = np.zeros(inputs.mask.shape, dtype=np.float32)
+        data[inputs.mask] = values
+        return nib.Nifti1Image(data, inputs.affine, header)
+
+    survivors = {}
+    corrections = {}
+    p_cut = fdr_threshold(result.p, config.alpha)
+    survivors["fdr"] = result.p <= p_cut if p_cut > 0 else np.zeros_like(result.p, bool)
+    corrections["fdr"] = CorrectionInfo(
+        Method="fdr (Benjamini-Hochberg)",
+        Alpha=config.alpha,
+        TwoSided=not config.one_sided,
+        Note=f"voxels with p <= {p_cut:.6g} survive (q = {config.alpha})",
+    )
+    if method == "permutation":
+        permutation = _permutation(effects, config, scheduler, options)
+        survivors["fwe"] = permutation.mask
+        corrections["fwe"] = CorrectionInfo(
+            Method="fwe (sign-flip permutation of max |t|)"
+            if not config.one_sided
+            else "fwe (sign-flip permutation of max t)",
+            Alpha=config.alpha,
+            TwoSided=not config.one_sided,
+            TThreshold=permutation.t_cutoff,
+            NPermutations=permutation.n_perm,
+            Exhaustive=permutation.exhaustive,
+            Seed=permutation.seed,
+            Note=f"voxels with {'|t|' if not config.one_sided else 't'} > "
+            f"{permutation.t_cutoff:.6g} survive (chunk size {permutation.chunk_size})",
+        )
+    else:
+        survive, p_bonferroni = bonferroni_mask(result.p, config.alpha)
+        survivors["fwe"] = survive
+        corrections["fwe"] = CorrectionInfo(
+            Method="fwe (Bonferroni, parametric)",
+            Alpha=config.alpha,
+            TwoSided=not config.one_sided,
+            Note=f"voxels with p <= {p_bonferroni:.6g} survive (alpha / "
+            f"{result.p.size} voxels)"
+            + (
+                "; a sign-flip test cannot reach alpha with this few subjects"
+                if config.fwe == "auto"
+                else ""
+            ),
+        )
+    written = []
+    for stat, values in (("t", result.t), ("z", result.z), ("p", result.p)):
+        relative = layout.group_map(contrast, stat)
+        written.append(save_image(volume(values), root / relative))
+        write_json(
+            base.model_copy(update={"StatType": stat}),
+            root / layout.sidecar_of(relative),
+        )
+    for correction in layout.CORRECTIONS:
+        survive = survivors[correction]
+        if config.one_sided:
+            survive = survive & (result.z > 0)
+        corrected = np.where(survive, result.z, 0.0)
+        z_threshold = _survivor_threshold(result.z, survive)
+        info = corrections[correction].model_copy(update={"ZThreshold": z_threshold})
+        relative = layout.group_map(contrast, correction=correction)
+        image = volume(corrected)
+        table_path = root / layout.cluster_table(contrast, correction)
+        if z_threshold is not None:
+            table = cluster_table(
+                image, z_threshold - 1e-6, two_sided=not config.one_sided
+            )
+            write_text(table.to_csv(sep="\t", index=False), table_path)
+        else:
+            write_text(
+                "Cluster ID\tX\tY\tZ\tPeak Stat\tCluster Size (mm3)\t"
+                "Cluster Size (voxels)\n",
+                table_path,
+            )
+        written.append(save_image(image, root / relative))
+        write_json(
+            base.model_copy(update={"StatType": "z", "Correction": info}),
+            root / layout.sidecar_of(relative),
+        )
+        log.info(
+            "group %s: %d voxels survive %s",
+            contrast,
+            int(survive.sum()),
+            info.Method,
+        )
+    return written
