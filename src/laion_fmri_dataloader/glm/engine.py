@@ -34,6 +34,8 @@ import scipy.linalg
 from scipy import special
 from threadpoolctl import threadpool_limits
 
+from laion_fmri_dataloader.errors import InputError
+
 __all__ = [
     "ContrastResult",
     "ar1_coefficients",
@@ -110,8 +112,8 @@ def mean_scale(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Equal to ``nilearn.glm.first_level.mean_scaling`` (what ``FirstLevelModel``
     applies with ``signal_scaling=0``), without its warning: every mean below
-    1, zero and negative ones included, is replaced by 1, so such voxels are
-    only shifted by -100.
+    1, zero and negative ones included, is replaced by 1, so such voxels come
+    out as ``100 * (data - 1)`` rather than in percent of their mean.
 
     Parameters
     ----------
@@ -129,8 +131,8 @@ def mean_scale(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     --------
     >>> scaled, mean = mean_scale(np.array([[990.0, 0.5], [1010.0, 0.5]]))
     >>> scaled
-    array([[  -1. , -99.5],
-           [   1. , -99.5]])
+    array([[ -1., -50.],
+           [  1., -50.]])
     >>> mean
     array([1000.,    1.])
     """
@@ -220,7 +222,7 @@ def fit_ar1_contrasts(
 
     Raises
     ------
-    ValueError
+    InputError
         If the shapes of ``data``, ``design`` and ``contrasts`` do not match,
         the design is not finite, or ``n_bins`` or ``dtype`` is invalid.
     """
@@ -229,7 +231,7 @@ def fit_ar1_contrasts(
     n_scans, n_regressors = design.shape
     weights = _check_contrasts(contrasts, n_regressors)
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer; got {n_bins!r}")
+        raise InputError(f"n_bins must be a positive integer; got {n_bins!r}")
     dtype = _check_dtype(dtype)
     n_threads = _check_threads(n_threads)
 
@@ -268,14 +270,14 @@ def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
 
     Raises
     ------
-    ValueError
+    InputError
         If ``results`` is empty or the runs have different numbers of voxels.
     """
     if len(results) == 0:
-        raise ValueError("fixed_effects needs at least one run; got none")
+        raise InputError("fixed_effects needs at least one run; got none")
     n_voxels = {result.effect.shape for result in results}
     if len(n_voxels) != 1:
-        raise ValueError(
+        raise InputError(
             f"all runs must have the same voxels; got shapes {sorted(n_voxels)}"
         )
     precision_sum = np.zeros(results[0].effect.shape)
@@ -291,7 +293,9 @@ def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
     degenerate = precision_sum == 0
     with np.errstate(divide="ignore"):
         variance = 1 / precision_sum
-    effect = np.where(degenerate, 0.0, weighted_effect * variance)
+    effect = np.divide(
+        weighted_effect, precision_sum, out=np.zeros_like(variance), where=~degenerate
+    )
     dof = float(sum(result.dof for result in results))
     return _contrast_result(
         effect, variance, dof, degenerate, results[0].effect.dtype.type
@@ -319,16 +323,16 @@ def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
 
     Raises
     ------
-    ValueError
+    InputError
         If ``dof`` is not positive.
 
     Examples
     --------
     >>> t_to_z(np.array([0.0, 2.0, -200.0]), 300.0).round(3)
-    array([  0.   ,   1.986, -28.853])
+    array([  0.   ,   1.992, -38.321])
     """
     if not dof > 0:
-        raise ValueError(f"dof must be positive; got {dof!r}")
+        raise InputError(f"dof must be positive; got {dof!r}")
     t = np.asarray(t, dtype=np.float64)
     magnitude = np.abs(t)
     sf = special.stdtr(dof, -magnitude)
@@ -414,7 +418,8 @@ def _voxel_stats(
         stop = min(start + _DEFAULT_CHUNK, n_voxels)
         chunk = data[:, start:stop]
         if scale:
-            chunk = 100 * (chunk / scale_mean[start:stop] - 1)
+            with np.errstate(invalid="ignore"):
+                chunk = 100 * (chunk / scale_mean[start:stop] - 1)
         chunk = np.array(chunk, dtype=np.float64, order="C")
         bad = ~np.isfinite(chunk).all(axis=0)
         chunk[:, bad] = 0
@@ -535,7 +540,7 @@ def _design_rank(design: np.ndarray) -> int:
 def _check_data(data: np.ndarray) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):
-        raise ValueError(
+        raise InputError(
             "data must be a 2-D float array (n_scans, n_voxels); "
             f"got shape {data.shape} and dtype {data.dtype}"
         )
@@ -545,16 +550,16 @@ def _check_data(data: np.ndarray) -> np.ndarray:
 def _check_design(design: np.ndarray, n_scans: int) -> np.ndarray:
     design = np.asarray(design, dtype=np.float64)
     if design.ndim != 2 or design.shape[0] != n_scans:
-        raise ValueError(
+        raise InputError(
             f"design must have shape ({n_scans}, n_regressors) to match the data; "
             f"got {design.shape}"
         )
     if design.shape[1] >= n_scans:
-        raise ValueError(
+        raise InputError(
             f"design must have fewer columns than scans; got {design.shape}"
         )
     if not np.isfinite(design).all():
-        raise ValueError("design must be finite; got NaN or infinite values")
+        raise InputError("design must be finite; got NaN or infinite values")
     return design
 
 
@@ -562,12 +567,12 @@ def _check_contrasts(
     contrasts: Mapping[str, np.ndarray], n_regressors: int
 ) -> np.ndarray:
     if len(contrasts) == 0:
-        raise ValueError("contrasts must name at least one contrast; got none")
+        raise InputError("contrasts must name at least one contrast; got none")
     weights = []
     for name, vector in contrasts.items():
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (n_regressors,):
-            raise ValueError(
+            raise InputError(
                 f"contrast {name!r} must have one weight per design column, "
                 f"shape ({n_regressors},); got {vector.shape}"
             )
@@ -578,7 +583,7 @@ def _check_contrasts(
 def _check_dtype(dtype: type[np.floating]) -> type[np.floating]:
     allowed = (np.float32, np.float64)
     if np.dtype(dtype) not in [np.dtype(kind) for kind in allowed]:
-        raise ValueError(
+        raise InputError(
             f"dtype must be one of ['float32', 'float64']; got {np.dtype(dtype)}"
         )
     return np.dtype(dtype).type
@@ -592,5 +597,5 @@ def _check_threads(n_threads: int | None) -> int:
             else (os.cpu_count() or 1)
         )
     if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1; got {n_threads}")
+        raise InputError(f"n_threads must be at least 1; got {n_threads}")
     return int(n_threads)
