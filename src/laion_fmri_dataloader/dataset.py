@@ -42,8 +42,12 @@ class LAIONfMRIDataset:
         The dataset's root folder, which holds ``derivatives/glm``; the GLM
         derivative folder itself is accepted too.  A URL such as
         ``s3://bucket/prefix`` reads from an object store.
-    **storage_options
-        Passed to the remote store (``cache_dir``, ``storage_options``...).
+    cache_dir : str or path-like, optional
+        Where files of a remote dataset are cached (default: the user's cache
+        folder, or ``$LAION_FMRI_CACHE``).  Unused for a local folder.
+    storage_options : dict, optional
+        Options of the remote file system (fsspec), e.g. ``{"anon": False}``
+        or ``{"client_kwargs": {"endpoint_url": ...}}``.
 
     Raises
     ------
@@ -51,9 +55,16 @@ class LAIONfMRIDataset:
         If ``data_dir`` holds no GLM derivatives.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, **storage_options) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        dataset_store = open_store(data_dir, **storage_options)
+        dataset_store = open_store(
+            data_dir, cache_dir=cache_dir, storage_options=storage_options
+        )
         if dataset_store.exists(layout.DERIVATIVE_SUBDIR):
             self._store: Store = dataset_store.child(layout.DERIVATIVE_SUBDIR)
         elif dataset_store.exists(layout.FIRST_LEVEL_DIR) or dataset_store.exists(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-__all__ = ["LocalStore", "Store", "open_store"]
+__all__ = ["LocalStore", "Store", "is_remote", "open_store"]
 
 
 class Store(Protocol):
@@ -53,11 +53,22 @@ class LocalStore:
         return LocalStore(self.root / relative)
 
 
-def open_store(data_dir: str | os.PathLike, **options) -> Store:
-    """Open a local folder (a remote URL is handled by :mod:`remote` when present)."""
-    text = os.fspath(data_dir)
-    if "://" in text and not text.startswith("file://"):
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is a URL of a remote file system (``s3://...``)."""
+    text = os.fspath(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def open_store(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
+) -> Store:
+    """Open a local folder, or a remote URL through :mod:`.remote`."""
+    if is_remote(data_dir):
         from laion_fmri_dataloader.remote import RemoteStore
 
-        return RemoteStore(text, **options)
-    return LocalStore(text.removeprefix("file://"))
+        return RemoteStore(
+            os.fspath(data_dir), cache_dir=cache_dir, storage_options=storage_options
+        )
+    return LocalStore(os.fspath(data_dir).removeprefix("file://"))
