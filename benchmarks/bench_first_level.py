@@ -1,0 +1,312 @@
+"""First level on one run: our AR(1) engine against nilearn, side by side.
+
+Builds one run of the asked size (AR(1) noise with voxel-varying coefficients,
+baseline near 1000, block responses to face/scene/object/baseline, a slow
+drift), then fits the six standard contrasts with
+
+* ``ours``: ``laion_fmri_dataloader.glm.engine.fit_ar1_contrasts``;
+* ``run_glm``: nilearn's ``mean_scaling`` + ``run_glm`` + ``compute_contrast``,
+  what ``FirstLevelModel`` does once the data are masked;
+* ``first_level_model``: nilearn's ``FirstLevelModel(noise_model="ar1",
+  minimize_memory=True)`` fit on a NIfTI image of the same voxels, then
+  ``compute_contrast(output_type="all")``.
+
+Every method runs in a fresh subprocess that loads the same float32 array, so
+the peak resident memory (``ru_maxrss``, which sees BLAS buffers that
+tracemalloc misses) is the method's own.  The parent checks agreement on z,
+effect and t, and prints one row as a dict (``--json`` also writes it).
+
+    python benchmarks/bench_first_level.py --voxels 230000 --volumes 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("ours", "run_glm", "first_level_model")
+CATEGORIES = ("face", "scene", "object", "baseline")
+CONTRAST_WEIGHTS = {
+    "faceVsBaseline": (1, 0, 0, -1),
+    "sceneVsBaseline": (0, 1, 0, -1),
+    "objectVsBaseline": (0, 0, 1, -1),
+    "faceVsScene": (1, -1, 0, 0),
+    "faceVsObject": (1, 0, -1, 0),
+    "sceneVsObject": (0, 1, -1, 0),
+}
+# nilearn clips p-values at 1e-300; beyond this |z| its values are a floor.
+NILEARN_Z_CEILING = 37.0
+STATS = ("effect", "variance", "t", "z")
+
+
+def build_run(n_voxels: int, n_volumes: int, tr: float, seed: int, workdir: Path):
+    """Write the design (with column names) and the float32 data to workdir."""
+    import pandas as pd
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    rng = np.random.default_rng(seed)
+    frame_times = np.arange(n_volumes) * tr
+    onsets = np.arange(8.0, frame_times[-1] - 20, 16.0)
+    trial_types = [CATEGORIES[i % 4] for i in rng.permutation(len(onsets))]
+    events = pd.DataFrame(
+        {"onset": onsets, "duration": 12.0, "trial_type": trial_types}
+    )
+    confounds = np.cumsum(rng.standard_normal((n_volumes, 9)), axis=0)
+    design = make_first_level_design_matrix(
+        frame_times,
+        events,
+        hrf_model="spm",
+        drift_model="cosine",
+        high_pass=0.01,
+        add_regs=confounds,
+        add_reg_names=[f"confound_{i}" for i in range(9)],
+    )
+
+    rho = rng.uniform(-0.1, 0.6, n_voxels).astype(np.float32)
+    baseline = rng.uniform(600, 1400, n_voxels).astype(np.float32)
+    amplitude = rng.normal(0, 10, (len(CATEGORIES), n_voxels)).astype(np.float32)
+    amplitude[:, rng.random(n_voxels) < 0.7] = 0
+    task = design[list(CATEGORIES)].to_numpy(dtype=np.float32)
+    drift = np.linspace(-1, 1, n_volumes, dtype=np.float32)
+    drift_size = rng.normal(0, 10, n_voxels).astype(np.float32)
+    # C order, one scan per row: what nilearn's maskers return.
+    data = np.empty((n_volumes, n_voxels), dtype=np.float32)
+    noise = rng.standard_normal(n_voxels, dtype=np.float32)
+    for scan in range(n_volumes):
+        noise = rho * noise + rng.standard_normal(n_voxels, dtype=np.float32)
+        data[scan] = baseline + task[scan] @ amplitude + drift[scan] * drift_size
+        data[scan] += 10 * noise
+    np.save(workdir / "data.npy", data)
+    design.to_pickle(workdir / "design.pkl")
+    return design.shape[1]
+
+
+def _contrast_vectors(columns: list[str]) -> dict[str, np.ndarray]:
+    vectors = {}
+    for name, weights in CONTRAST_WEIGHTS.items():
+        vector = np.zeros(len(columns))
+        for category, weight in zip(CATEGORIES, weights, strict=True):
+            vector[columns.index(category)] = weight
+        vectors[name] = vector
+    return vectors
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fit_ours(data, design, tr):
+    from laion_fmri_dataloader.glm.engine import fit_ar1_contrasts
+
+    start = time.perf_counter()
+    results = fit_ar1_contrasts(
+        data, design.to_numpy(), _contrast_vectors(list(design.columns))
+    )
+    seconds = time.perf_counter() - start
+    maps = {
+        name: {stat: getattr(result, stat) for stat in STATS}
+        for name, result in results.items()
+    }
+    return seconds, maps
+
+
+def _fit_run_glm(data, design, tr):
+    from nilearn.glm.contrasts import compute_contrast
+    from nilearn.glm.first_level import mean_scaling, run_glm
+
+    start = time.perf_counter()
+    scaled, _ = mean_scaling(data)
+    labels, results = run_glm(scaled, design.to_numpy(), noise_model="ar1", bins=100)
+    del scaled
+    maps = {}
+    for name, vector in _contrast_vectors(list(design.columns)).items():
+        contrast = compute_contrast(labels, results, vector)
+        maps[name] = {
+            "effect": contrast.effect_size(),
+            "variance": contrast.effect_variance(),
+            "t": contrast.stat(),
+            "z": contrast.z_score(),
+        }
+    return time.perf_counter() - start, maps
+
+
+def _nifti_of(data):
+    """The voxels as a NIfTI image on the smallest near-cubic grid."""
+    import nibabel as nib
+
+    n_volumes, n_voxels = data.shape
+    side = int(np.ceil(n_voxels ** (1 / 3)))
+    shape = (side, side, int(np.ceil(n_voxels / side**2)))
+    mask = np.zeros(np.prod(shape), dtype=bool)
+    mask[:n_voxels] = True
+    mask = mask.reshape(shape)
+    volume = np.zeros((*shape, n_volumes), dtype=np.float32)
+    volume[mask] = data.T
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    return nib.Nifti1Image(volume, affine), nib.Nifti1Image(
+        mask.astype(np.int8), affine
+    )
+
+
+def _fit_first_level_model(img_and_mask, design, tr):
+    from nilearn.glm.first_level import FirstLevelModel
+
+    img, mask = img_and_mask
+    start = time.perf_counter()
+    model = FirstLevelModel(
+        t_r=tr, noise_model="ar1", mask_img=mask, minimize_memory=True
+    )
+    model.fit(img, design_matrices=[design])
+    images = {
+        name: model.compute_contrast(vector, output_type="all")
+        for name, vector in _contrast_vectors(list(design.columns)).items()
+    }
+    seconds = time.perf_counter() - start
+    keys = {"effect": "effect_size", "variance": "effect_variance", "t": "stat"}
+    keys["z"] = "z_score"
+    maps = {
+        name: {
+            stat: model.masker_.transform(outputs[key]).ravel()
+            for stat, key in keys.items()
+        }
+        for name, outputs in images.items()
+    }
+    return seconds, maps
+
+
+def worker(method: str, workdir: Path, tr: float) -> dict:
+    """Run one method on the saved run; save its maps, return time and memory."""
+    import pandas as pd
+
+    warnings.simplefilter("ignore")
+    design = pd.read_pickle(workdir / "design.pkl")
+    # Libraries first, so that the baseline holds them and the peak over it
+    # only what the method allocates.
+    if method == "ours":
+        import laion_fmri_dataloader.glm.engine  # noqa: F401
+    else:
+        import nilearn.glm.first_level  # noqa: F401
+    baseline_mb = _rss_mb()
+    if method == "first_level_model":
+        subject = _nifti_of(np.load(workdir / "data.npy"))
+        fit = _fit_first_level_model
+    else:
+        subject = np.load(workdir / "data.npy")
+        fit = _fit_ours if method == "ours" else _fit_run_glm
+    seconds, maps = fit(subject, design, tr)
+    peak_mb = _peak_rss_mb()
+    np.savez(
+        workdir / f"{method}.npz",
+        **{
+            f"{name}.{stat}": np.asarray(values, dtype=np.float64)
+            for name, stats in maps.items()
+            for stat, values in stats.items()
+        },
+    )
+    return {
+        "seconds": seconds,
+        "baseline_mb": baseline_mb,
+        "peak_mb": peak_mb,
+    }
+
+
+def _run_worker(method: str, workdir: Path, tr: float) -> dict:
+    command = [sys.executable, __file__, "--worker", method]
+    command += ["--workdir", str(workdir), "--tr", str(tr)]
+    completed = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def agreement(workdir: Path, reference: str) -> dict:
+    """Largest differences of ours from a nilearn method over all contrasts."""
+    ours = np.load(workdir / "ours.npz")
+    theirs = np.load(workdir / f"{reference}.npz")
+    max_dz = max_rel_effect = max_rel_t = 0.0
+    for name in CONTRAST_WEIGHTS:
+        z_ref = theirs[f"{name}.z"]
+        unclipped = np.abs(z_ref) < NILEARN_Z_CEILING
+        max_dz = max(max_dz, np.abs(ours[f"{name}.z"] - z_ref)[unclipped].max())
+        for stat in ("effect", "t"):
+            ref = theirs[f"{name}.{stat}"]
+            rel = np.abs(ours[f"{name}.{stat}"] - ref).max() / np.abs(ref).max()
+            if stat == "effect":
+                max_rel_effect = max(max_rel_effect, rel)
+            else:
+                max_rel_t = max(max_rel_t, rel)
+    return {
+        "max_abs_dz": float(max_dz),
+        "max_rel_effect": float(max_rel_effect),
+        "max_rel_t": float(max_rel_t),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voxels", type=int, default=230_000)
+    parser.add_argument("--volumes", type=int, default=300)
+    parser.add_argument("--tr", type=float, default=1.9, help="seconds")
+    parser.add_argument("--repeat", type=int, default=1, help="best time of N")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the row here")
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.workdir, args.tr)))
+        return None
+
+    methods = ["ours", *(m for m in args.methods if m != "ours")]
+    with tempfile.TemporaryDirectory(prefix="bench-first-level-") as tmp:
+        workdir = Path(tmp)
+        n_regressors = build_run(args.voxels, args.volumes, args.tr, args.seed, workdir)
+        array_mb = args.voxels * args.volumes * 4 / 2**20
+        row = {
+            "benchmark": "first_level_ar1",
+            "voxels": args.voxels,
+            "volumes": args.volumes,
+            "regressors": n_regressors,
+            "contrasts": len(CONTRAST_WEIGHTS),
+            "cpus": len(os.sched_getaffinity(0)),
+            "array_mb": round(array_mb, 1),
+        }
+        for method in methods:
+            runs = [_run_worker(method, workdir, args.tr) for _ in range(args.repeat)]
+            row[f"{method}_s"] = round(min(run["seconds"] for run in runs), 3)
+            peak = max(run["peak_mb"] for run in runs)
+            baseline = min(run["baseline_mb"] for run in runs)
+            row[f"{method}_peak_rss_mb"] = round(peak, 1)
+            # Everything the method holds, the loaded array included, over
+            # the size of that array: 2.0 means one extra copy at the peak.
+            row[f"{method}_memory_over_array"] = round((peak - baseline) / array_mb, 2)
+            if method != "ours":
+                row[f"speedup_vs_{method}"] = round(
+                    row[f"{method}_s"] / row["ours_s"], 1
+                )
+                for key, value in agreement(workdir, method).items():
+                    row[f"{key}_vs_{method}"] = float(f"{value:.3g}")
+    print(row)
+    if args.json:
+        args.json.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    main()
