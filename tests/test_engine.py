@@ -305,6 +305,24 @@ def test_degenerate_voxels_are_reported_not_nan(run):
         assert np.isfinite(result.variance[good]).all()
 
 
+def test_contrast_on_an_empty_regressor_is_degenerate(run):
+    design, data = run
+    design = design.copy()
+    design["object"] = 0.0
+    data = data[:, :300]
+    contrasts = _contrasts(design)
+    results = fit_ar1_contrasts(data, design.to_numpy(), contrasts)
+    assert results["objectVsBaseline"].degenerate.all()
+    assert (results["objectVsBaseline"].z == 0).all()
+    assert np.isinf(results["sceneVsObject"].variance).all()
+    scaled, _ = mean_scaling(data)
+    labels, fits = run_glm(scaled, design.to_numpy())
+    reference = compute_contrast(labels, fits, contrasts["faceVsScene"]).z_score()
+    assert not results["faceVsScene"].degenerate.any()
+    assert np.max(np.abs(results["faceVsScene"].z - reference)) < 1e-3
+    assert results["faceVsScene"].dof == N_SCANS - design.shape[1] + 1
+
+
 def test_threads_do_not_change_results(run):
     design, data = run
     one = fit_ar1_contrasts(data, design.to_numpy(), _contrasts(design), n_threads=1)

@@ -82,8 +82,9 @@ class ContrastResult:
     dof : float
         Degrees of freedom of ``t``.
     degenerate : numpy.ndarray of shape (n_voxels,), bool
-        Voxels without a usable fit: a non-finite value, a time series
-        constant in time, or data the design explains exactly.
+        Voxels without a usable estimate: a non-finite value, a time series
+        constant in time, or data the design explains exactly.  Every voxel
+        is degenerate for a contrast the design cannot estimate.
     """
 
     effect: np.ndarray
@@ -193,8 +194,9 @@ def fit_ar1_contrasts(
     Equal, up to rounding, to ``FirstLevelModel(noise_model="ar1",
     signal_scaling=0)`` fit on the same design and masked data followed by
     ``compute_contrast`` with ``output_type="all"``, except that degenerate
-    voxels are reported instead of given arbitrary values and z does not
-    saturate at ``|z|`` near 37.
+    voxels and contrasts the design cannot estimate are reported (see
+    :class:`ContrastResult`) instead of given arbitrary values, and that z does
+    not saturate at ``|z|`` near 37.
 
     Parameters
     ----------
@@ -240,10 +242,15 @@ def fit_ar1_contrasts(
 
     dof = float(n_scans - _design_rank(design))
     degenerate = stats.degenerate | perfect_fit
+    estimable = _estimable(weights, design)
     results = {}
     for index, name in enumerate(contrasts):
         results[name] = _contrast_result(
-            effect[:, index], variance[:, index], dof, degenerate, dtype
+            effect[:, index],
+            variance[:, index],
+            dof,
+            degenerate | ~estimable[index],
+            dtype,
         )
     return results
 
@@ -421,9 +428,7 @@ def _voxel_stats(
             with np.errstate(invalid="ignore"):
                 chunk = 100 * (chunk / scale_mean[start:stop] - 1)
         chunk = np.array(chunk, dtype=np.float64, order="C")
-        bad = ~np.isfinite(chunk).all(axis=0)
-        chunk[:, bad] = 0
-        bad |= (chunk == chunk[0]).all(axis=0)
+        bad = ~np.isfinite(chunk).all(axis=0) | (chunk == chunk[0]).all(axis=0)
         chunk[:, bad] = 0
         products = chunk.T @ basis
         xty_chunk = products[:, :n_regressors]
@@ -529,6 +534,18 @@ def _ar1_refit(
         contrast_cov = np.einsum("kp,pq,kq->k", weights, cov, weights)
         variance[voxels] = dispersion[:, None] * contrast_cov
     return effect, variance, perfect_fit
+
+
+def _estimable(weights: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Whether each contrast lies in the row space of the design.
+
+    A contrast that does not (one weighting a regressor that is zero in this
+    run, say) has no estimate; nilearn reports effect 0 with variance 0,
+    which inverse-variance weighting would take for a perfect measurement.
+    """
+    projector = scipy.linalg.pinv(design) @ design
+    outside = weights - weights @ projector
+    return np.linalg.norm(outside, axis=1) <= 1e-8 * np.linalg.norm(weights, axis=1)
 
 
 def _design_rank(design: np.ndarray) -> int:
