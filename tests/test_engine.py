@@ -265,6 +265,11 @@ def test_t_to_z_does_not_saturate():
     assert z[0] < z[1] < z[2]
     assert z[1] > 38  # nilearn clips p at 1e-300, z = 37.0
     np.testing.assert_array_equal(t_to_z(-t, 300.0), -z)
+    # where t^2 overflows: sf(t) ~ 1 / (pi t) for one degree of freedom
+    huge = t_to_z(np.array([1e300]), 1.0)[0]
+    np.testing.assert_allclose(
+        huge, -special.ndtri_exp(-np.log(np.pi) - np.log(1e300)), rtol=1e-12
+    )
     # scipy's own log survival function is still finite at t = 50
     np.testing.assert_allclose(
         z[0], -special.ndtri_exp(stats.t.logsf(50.0, 300.0)), rtol=1e-12

@@ -17,9 +17,12 @@ of one voxel:
 
 where ``L`` is the lag operator.  The OLS residual autocorrelation follows
 from the same quantities.  So one pass over the data, in voxel chunks, with a
-single float64 matrix product per chunk, gives ``2 p + 3`` numbers per voxel;
-the per-bin refits then only touch ``p x p`` matrices.  Chunks run on threads
-with single-threaded BLAS, which uses the cores for the element-wise work too.
+single float64 matrix product per chunk, leaves about ``2 p`` numbers per
+voxel (for ``p`` regressors), and the per-bin refits only touch ``p x p``
+matrices.  The identities are exact; float64 keeps the cancellation in
+``|y_w|^2 - beta' X_w' y_w`` far below the float32 precision of the data.
+Chunks run on threads with single-threaded BLAS, which puts the cores to work
+on the element-wise steps too.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ _MIN_DIRECT_SF = 1e-260
 _DEFAULT_CHUNK = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ContrastResult:
     """Statistics of one t contrast over voxels.
 
@@ -95,7 +98,7 @@ class ContrastResult:
     degenerate: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _VoxelStats:
     """Per-voxel quadratic forms of one pass over the data."""
 
@@ -360,7 +363,9 @@ def _log_t_tail(magnitude: np.ndarray, dof: float) -> np.ndarray:
     least ``x`` each; everything but that series is taken in logs.
     """
     a = dof / 2
-    x = dof / (dof + magnitude**2)
+    # In logs, because t^2 overflows long before the tail probability does.
+    log_x = np.log(dof) - np.logaddexp(np.log(dof), 2 * np.log(magnitude))
+    x = np.exp(log_x)
     term = np.ones_like(x)
     series = np.ones_like(x)
     k = 0
@@ -370,7 +375,7 @@ def _log_t_tail(magnitude: np.ndarray, dof: float) -> np.ndarray:
         k += 1
     return (
         np.log(0.5)
-        + a * np.log(x)
+        + a * log_x
         + 0.5 * np.log1p(-x)
         - np.log(a)
         - special.betaln(a, 0.5)
