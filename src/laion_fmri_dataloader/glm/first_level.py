@@ -15,8 +15,6 @@ were made from the same inputs with the same parameters.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from laion_fmri_dataloader import layout
+from laion_fmri_dataloader import layout, provenance
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.bids_input import (
     DEFAULT_CONFOUNDS,
@@ -52,6 +50,7 @@ from laion_fmri_dataloader.glm.engine import (
     fit_ar1_contrasts,
     fixed_effects,
 )
+from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
     DatasetDescription,
     Generator,
@@ -160,21 +159,12 @@ class _PreparedRun:
 def masked_timeseries(bold: nib.Nifti1Image, mask: np.ndarray) -> np.ndarray:
     """Voxel time series inside ``mask`` as a float32 (n_volumes, n_voxels) array."""
     data = np.asanyarray(bold.dataobj)
-    flat_mask = mask.reshape(-1, order="F")
-    series = data.reshape(flat_mask.size, data.shape[3], order="F")[flat_mask]
-    return np.asarray(series, dtype=np.float32).T
-
-
-def _fingerprint(config: FirstLevelConfig, runs: Sequence[RunInputs]) -> str:
-    inputs = [
-        (str(path), path.stat().st_size, path.stat().st_mtime_ns)
-        for run in runs
-        for path in run.files
-    ]
-    text = json.dumps(
-        {"parameters": config.parameters(), "inputs": inputs}, default=str
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    # NIfTI data are Fortran-ordered: (voxels, time) is a view whose transpose is
+    # C-contiguous, so gathering voxel columns reads whole rows of memory.  The
+    # voxels come out in C order of the mask, as ``volume[mask]`` expects.
+    by_time = data.reshape(mask.size, data.shape[3], order="F").T
+    columns = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+    return np.asarray(by_time[:, columns], dtype=np.float32)
 
 
 def _expected_maps(config: FirstLevelConfig, subject: str) -> list:
@@ -185,24 +175,15 @@ def _expected_maps(config: FirstLevelConfig, subject: str) -> list:
     ]
 
 
-def _is_complete(config: FirstLevelConfig, subject: str, fingerprint: str) -> bool:
+def _is_complete(config: FirstLevelConfig, subject: str, expected: str) -> bool:
     root = Path(config.output_dir)
     if not (root / layout.design_matrix_png(subject, config.task)).is_file():
         return False
-    for relative in [
+    outputs = [
         *_expected_maps(config, subject),
         layout.first_level_mask(subject, config.task),
-    ]:
-        sidecar = root / layout.sidecar_of(relative)
-        if not (root / relative).is_file() or not sidecar.is_file():
-            return False
-        try:
-            recorded = json.loads(sidecar.read_text()).get("Parameters", {})
-        except (OSError, json.JSONDecodeError):
-            return False
-        if recorded.get("Fingerprint") != fingerprint:
-            return False
-    return True
+    ]
+    return outputs_complete(root, outputs, expected)
 
 
 def _check_conditions(
@@ -328,7 +309,9 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         space=config.space,
         desc=config.desc,
     )
-    fingerprint = _fingerprint(config, runs)
+    fingerprint = provenance.fingerprint(
+        config.parameters(), [path for run in runs for path in run.files]
+    )
     if not config.force and _is_complete(config, label, fingerprint):
         log.info("sub-%s: outputs complete and up to date, skipped", label)
         return SubjectResult(f"sub-{label}", "skipped", len(runs))

@@ -13,8 +13,6 @@ log state.  Everything is read and checked before anything is written.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from laion_fmri_dataloader import layout
+from laion_fmri_dataloader import layout, provenance
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
@@ -37,6 +35,7 @@ from laion_fmri_dataloader.glm.inference import (
     sign_flip_max_t,
 )
 from laion_fmri_dataloader.glm.second_level import OneSampleResult, one_sample_t
+from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
     ContrastInfo,
     CorrectionInfo,
@@ -275,29 +274,16 @@ def _fwe_method(config: GroupConfig, n_subjects: int) -> str:
     return method
 
 
-def _fingerprint(config: GroupConfig, files: list[Path]) -> str:
-    inputs = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    text = json.dumps(
-        {"parameters": config.parameters(), "inputs": inputs}, default=str
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _is_complete(root: Path, contrasts: list[str], fingerprint: str) -> bool:
-    for contrast in contrasts:
-        paths = [layout.group_map(contrast, stat) for stat in layout.GROUP_STAT_TYPES]
-        paths += [layout.group_map(contrast, correction=c) for c in layout.CORRECTIONS]
-        for relative in paths:
-            sidecar = root / layout.sidecar_of(relative)
-            if not (root / relative).is_file() or not sidecar.is_file():
-                return False
-            try:
-                recorded = json.loads(sidecar.read_text()).get("Parameters", {})
-            except (OSError, json.JSONDecodeError):
-                return False
-            if recorded.get("Fingerprint") != fingerprint:
-                return False
-    return True
+def _is_complete(root: Path, contrasts: list[str], expected: str) -> bool:
+    outputs = [
+        path
+        for contrast in contrasts
+        for path in (
+            *(layout.group_map(contrast, stat) for stat in layout.GROUP_STAT_TYPES),
+            *(layout.group_map(contrast, correction=c) for c in layout.CORRECTIONS),
+        )
+    ]
+    return outputs_complete(root, outputs, expected)
 
 
 def _survivor_threshold(z: np.ndarray, survive: np.ndarray) -> float | None:
@@ -317,7 +303,7 @@ def run_group(config: GroupConfig, scheduler: str = "none", **options) -> list[P
     root = Path(config.output_dir)
     n_subjects = len(inputs.subjects)
     method = _fwe_method(config, n_subjects)
-    fingerprint = _fingerprint(config, inputs.files)
+    fingerprint = provenance.fingerprint(config.parameters(), inputs.files)
     if not config.force and _is_complete(root, inputs.contrasts, fingerprint):
         log.info("group level: outputs complete and up to date, skipped")
         return []
