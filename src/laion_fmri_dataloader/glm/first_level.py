@@ -274,6 +274,14 @@ def _fit_run(prepared: _PreparedRun, mask, vectors, smoothing_fwhm):
     return fit_ar1_contrasts(data, prepared.design.to_numpy(), vectors)
 
 
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` where it is inside, else absolute (POSIX)."""
+    try:
+        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
+
+
 def _volume(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     volume = np.zeros(mask.shape, dtype=np.float32)
     volume[mask] = values
@@ -418,7 +426,7 @@ def _write_subject(
         Conditions=all_conditions,
         ExtraConditions=extras,
         ImplicitBaseline=implicit_baseline,
-        Runs=[str(run.inputs.bold) for run in prepared],
+        Runs=[_relative_to(run.inputs.bold, config.bids_dir) for run in prepared],
         Mask=str(layout.first_level_mask(label, config.task).name),
         Parameters={
             **config.parameters(),
