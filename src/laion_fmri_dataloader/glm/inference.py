@@ -453,8 +453,15 @@ def prepare_sign_flip(effects: np.ndarray) -> SignFlipData:
     scale = np.zeros_like(root_ss)
     varying = ~observed.zero_variance
     scale[varying] = 1.0 / root_ss[varying]
+    # Multiplying straight into float32 spares a float64 copy of the group data.
+    normalized = np.multiply(
+        effects,
+        scale,
+        out=np.empty(effects.shape, dtype=np.float32),
+        casting="same_kind",
+    )
     return SignFlipData(
-        normalized=(effects * scale).astype(np.float32),
+        normalized=normalized,
         t=observed.t,
         zero_variance=observed.zero_variance,
     )
