@@ -2,22 +2,22 @@
 
 The model is nilearn's ``SecondLevelModel`` with an intercept-only design: ordinary
 least squares on ``n_subjects`` observations per voxel, ``n_subjects - 1`` degrees of
-freedom.  z comes from t through the exact t distribution in log space, so that it
-does not saturate at large t (``norm.isf(t.sf(t))`` stops at z of about 38 once
-``t.sf`` underflows).
+freedom.  z comes from t through the exact t distribution in log space, as at the
+first level (:func:`laion_fmri_dataloader.glm.engine.t_to_z`), so that it does not
+saturate at large t (nilearn clips p at 1e-300, z = 37).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
 from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.glm.engine import t_to_z
 
-__all__ = ["OneSampleResult", "one_sample_t", "t_to_z"]
+__all__ = ["OneSampleResult", "one_sample_t"]
 
 
 @dataclass(frozen=True)
@@ -55,62 +55,6 @@ class OneSampleResult:
     def n_zero_variance(self) -> int:
         """Number of voxels with identical values in every subject."""
         return int(self.zero_variance.sum())
-
-
-def _t_logsf(t_abs: np.ndarray, dof: int) -> np.ndarray:
-    # log(sf) is -inf once sf underflows (t = 1e5 with 100 dof). Beyond t**2 = dof
-    # use the exact series sf = I_x(a, 1/2) / 2, x = dof / (dof + t**2), a = dof / 2,
-    # I_x(a, b) = x**a (1 - x)**b 2F1(a + b, 1; a + 1; x) / (a B(a, b)), in logs;
-    # it converges fast for x <= 1/2 and agrees with scipy.stats.t.logsf to 1e-15
-    # relative where that is finite.
-    tail = t_abs >= math.sqrt(dof)
-    log_sf = np.empty_like(t_abs)
-    log_sf[~tail] = np.log(special.stdtr(dof, -t_abs[~tail]))
-    if tail.any():
-        t_tail = t_abs[tail]
-        a = dof / 2.0
-        # t**2 overflows beyond 1e154; x then rounds to 0 and log_x stays exact.
-        with np.errstate(over="ignore"):
-            x = dof / (dof + t_tail * t_tail)
-            log_x = math.log(dof) - 2.0 * np.log(t_tail) - np.log1p(dof / t_tail**2)
-        log_sf[tail] = (
-            math.log(0.5)
-            + a * log_x
-            + 0.5 * np.log1p(-x)
-            - math.log(a)
-            - special.betaln(a, 0.5)
-            + np.log(special.hyp2f1(a + 0.5, 1.0, a + 1.0, x))
-        )
-    return log_sf
-
-
-def t_to_z(t: np.ndarray, dof: int) -> np.ndarray:
-    """Convert t statistics to z with the same tail probability.
-
-    Parameters
-    ----------
-    t : numpy.ndarray
-        t statistics.
-    dof : int
-        Degrees of freedom of the t distribution.
-
-    Returns
-    -------
-    numpy.ndarray of float64
-        ``sign(t) * norm.isf(t.sf(|t|, dof))``, computed as
-        ``-ndtri_exp(log sf)`` with the t tail in logs, so that it stays finite and
-        accurate where ``t.sf`` underflows (nilearn clips p at 1e-300, z = 37).
-
-    Examples
-    --------
-    >>> t_to_z(np.array([0.0, 2.0, -2.0]), 10).round(4).tolist()
-    [0.0, 1.7904, -1.7904]
-    >>> bool(t_to_z(np.array([1e40]), 10)[0] > 40)
-    True
-    """
-    t = np.asarray(t, dtype=np.float64)
-    magnitude = -special.ndtri_exp(_t_logsf(np.abs(t), dof))
-    return np.copysign(magnitude, t)
 
 
 def _check_effects(effects: np.ndarray) -> np.ndarray:
