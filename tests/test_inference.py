@@ -239,7 +239,7 @@ def test_results_do_not_depend_on_the_order_of_chunks():
             computed[int(k)] = sign_flip_chunk(data, flips)
     max_t = np.concatenate([computed[k] for k in range(total)])
     np.testing.assert_array_equal(max_t, reference.max_t)
-    cutoff, p_fwe = fwe_from_max_t(data.t, max_t, alpha=ALPHA)
+    cutoff, p_fwe = fwe_from_max_t(data, max_t[::-1], alpha=ALPHA)
     assert cutoff == reference.t_cutoff
     np.testing.assert_array_equal(p_fwe, reference.p_fwe)
 
@@ -273,15 +273,24 @@ def test_monte_carlo_cutoff_agrees_with_nilearn_permuted_ols():
     assert stats.ks_2samp(ours.max_t, h0).pvalue > 1e-3
 
 
-def test_zero_variance_voxels_never_enter_the_maximum():
-    rng = np.random.default_rng(8)
-    effects = rng.normal(size=(12, 50))
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_zero_variance_voxels_never_enter_the_maximum(one_sided):
+    # Mostly negative effects, so that one-sided maxima are below 0 = t of the
+    # constant voxels: they must still not count as evidence.
+    effects = np.random.default_rng(8).normal(size=(12, 50)) - 3.0
     with_constant = np.concatenate([effects, np.full((12, 3), 4.0)], axis=1)
     with_constant[:, -1] = 0.0
-    plain = sign_flip_max_t(effects, n_perm=400)
-    padded = sign_flip_max_t(with_constant, n_perm=400)
-    np.testing.assert_array_equal(padded.max_t, plain.max_t)
+    plain = sign_flip_max_t(effects, n_perm=400, one_sided=one_sided)
+    padded = sign_flip_max_t(with_constant, n_perm=400, one_sided=one_sided)
     np.testing.assert_array_equal(padded.p_fwe[-3:], 1.0)
+    np.testing.assert_array_equal(padded.p_fwe[:-3], plain.p_fwe)
+    assert not padded.mask[-3:].any()
+
+
+def test_too_few_permutations_cannot_reach_alpha():
+    data = prepare_sign_flip(np.random.default_rng(0).normal(size=(12, 10)))
+    with pytest.raises(InputError, match=r"10 permutations cannot reach alpha=0\.05"):
+        fwe_from_max_t(data, np.arange(10.0), alpha=ALPHA)
 
 
 def test_a_flip_to_zero_variance_gives_a_huge_not_nan_t():

@@ -532,7 +532,7 @@ def sign_flip_chunk(
 
 
 def fwe_from_max_t(
-    t: np.ndarray,
+    data: SignFlipData,
     max_t: np.ndarray,
     *,
     alpha: float = 0.05,
@@ -554,10 +554,12 @@ def fwe_from_max_t(
 
     Parameters
     ----------
-    t : numpy.ndarray, shape (n_voxels,)
-        Observed t map.
+    data : SignFlipData
+        Output of :func:`prepare_sign_flip`: the observed t map and the
+        zero-variance voxels.
     max_t : numpy.ndarray, shape (n_perm,)
-        Maximum statistic of each permutation, from :func:`sign_flip_chunk`.
+        Maximum statistic of each permutation, from :func:`sign_flip_chunk`, in any
+        order.
     alpha : float, default=0.05
         Family-wise error rate, in (0, 1).
     one_sided : bool, default=False
@@ -568,7 +570,7 @@ def fwe_from_max_t(
     t_cutoff : float
         Voxels with ``stat > t_cutoff`` survive.
     p_fwe : numpy.ndarray of float64, shape (n_voxels,)
-        Corrected p-values, in ``[1 / P, 1]``.
+        Corrected p-values, in ``[1 / P, 1]``; 1 at zero-variance voxels.
 
     Raises
     ------
@@ -592,11 +594,11 @@ def fwe_from_max_t(
             f"p is 1/{n_perm}); use at least {min_n_perm(alpha)}"
         )
     t_cutoff = float(max_t[n_perm - 1 - allowed])
-    stat = np.asarray(t, dtype=np.float64)
-    if not one_sided:
-        stat = np.abs(stat)
+    stat = data.t if one_sided else np.abs(data.t)
     at_or_above = n_perm - np.searchsorted(max_t, stat, side="left")
-    return t_cutoff, at_or_above / n_perm
+    p_fwe = at_or_above / n_perm
+    p_fwe[data.zero_variance] = 1.0
+    return t_cutoff, p_fwe
 
 
 @dataclass(frozen=True)
@@ -752,8 +754,7 @@ def sign_flip_max_t(
         ThreadPoolExecutor(max_workers=min(_n_cores(), total_chunks)) as pool,
     ):
         max_t = np.concatenate(list(pool.map(run_chunk, range(total_chunks))))
-    t_cutoff, p_fwe = fwe_from_max_t(data.t, max_t, alpha=alpha, one_sided=one_sided)
-    p_fwe[data.zero_variance] = 1.0
+    t_cutoff, p_fwe = fwe_from_max_t(data, max_t, alpha=alpha, one_sided=one_sided)
     return PermutationResult(
         t=data.t,
         max_t=max_t,
