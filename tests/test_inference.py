@@ -1,8 +1,10 @@
 """Multiple-comparison correction: references, exactness and error rates.
 
 The slow tests simulate many null groups and check that the corrections hold their
-error rates; :func:`calibration_rates` is also what the numbers in the README come
-from (``python -c "import tests.test_inference as t; print(t.calibration_rates())"``).
+error rates; :func:`calibration_rates` gives the numbers quoted in the README::
+
+    .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); \
+        import test_inference as t; print(t.calibration_rates())"
 """
 
 from __future__ import annotations
