@@ -249,6 +249,7 @@ def test_noiseless_ols_recovers_the_truth(tmp_path):
     assert np.abs(truth).max() > 1.0
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_default_effect_is_detectable_but_not_trivial(localizer):
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.masking import intersect_masks

@@ -112,6 +112,7 @@ Memory
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import gzip
@@ -171,6 +172,7 @@ _AR1_CENTRE = 0.3  # noise AR(1) coefficient spans centre +- half range
 _AR1_HALF_RANGE = 0.2
 _GLOBAL_AR1 = 0.95  # slow global fluctuation (respiration, arousal)
 _GLOBAL_SD = 0.25  # percent
+_OVERLAP_MAX_BYTES = 256 * 2**20  # runs up to this size are written in the background
 _GZIP_LEVEL = 1  # nibabel's default; random data does not compress anyway
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 _MAX_RESOLUTION = 8.0
@@ -1043,10 +1045,16 @@ def _downsample_raw(data: np.ndarray) -> np.ndarray:
     nx, ny, nz, n_volumes = data.shape
     mx, my, mz = nx // 2, ny // 2, nz // 2
     raw = np.zeros((mx, my, mz, n_volumes), dtype=np.int16, order="F")
+    block = np.empty((mx, my, mz), dtype=np.float32, order="F")
     for t in range(n_volumes):
-        volume = np.asarray(data[: 2 * mx, : 2 * my, : 2 * mz, t], dtype=np.float32)
-        blocks = volume.reshape(mx, 2, my, 2, mz, 2).mean(axis=(1, 3, 5))
-        raw[..., t] = np.rint(blocks).astype(np.int16)
+        volume = data[..., t]
+        # the eight strided corners of each 2x2x2 block, summed without a copy
+        block[:] = 0.0
+        for dx in (0, 1):
+            for dy in (0, 1):
+                for dz in (0, 1):
+                    block += volume[dx : 2 * mx : 2, dy : 2 * my : 2, dz : 2 * mz : 2]
+        raw[..., t] = np.rint(block * np.float32(0.125))
     return raw
 
 
@@ -1147,73 +1155,84 @@ def _simulate(root: pathlib.Path, config: SimulationConfig) -> pathlib.Path:
     _write_top_level(root, fmriprep, truth_dir, config, subject_labels)
 
     resolution = config.resolution
+    pending: concurrent.futures.Future | None = None
     truth_subjects: dict[str, Any] = {}
     group_effects = {name: [] for name in CONTRAST_WEIGHTS}
-    for subject_index, subject in enumerate(subject_labels):
-        maps = _subject_maps(config, geometry, subject_index)
-        order_rng = np.random.default_rng([config.seed, 2, subject_index])
-        base_order = [
-            config.categories[i] for i in order_rng.permutation(len(config.categories))
-        ]
-        runs_written = []
-        for session_index, session in enumerate(session_labels):
-            for run in range(1, config.runs + 1):
-                run_index = session_index * config.runs + (run - 1)
-                rng = np.random.default_rng(
-                    [config.seed, 3, subject_index, session_index, run]
-                )
-                blocks = _block_sequence(config, base_order, run_index)
-                regressors = _regressors(config, blocks)
-                motion = _motion(rng, config.n_volumes)
-                dropped = rng.random(geometry.edge_index.size) < 0.01
-                keep = np.ones(geometry.coords.shape[0], dtype=bool)
-                keep[geometry.edge_index[dropped]] = False
-                data, signals = _simulate_run(
-                    config,
-                    geometry,
-                    maps,
-                    regressors,
-                    motion,
-                    rng,
-                    geometry.edge_index[dropped],
-                )
-                _write_run(
-                    root,
-                    fmriprep,
-                    config,
-                    geometry,
-                    subject,
-                    session,
-                    run,
-                    blocks,
-                    data,
-                    signals,
-                    motion,
-                    keep,
-                )
-                del data
-                runs_written.append(
-                    {
-                        "session": session,
-                        "run": run,
-                        "blocks": [list(block) for block in blocks],
-                        "n_mask_voxels_dropped": int(dropped.sum()),
-                        "median_temporal_snr": round(
-                            float(np.median(signals["temporal_snr"])), 3
-                        ),
-                        "mean_framewise_displacement_mm": round(
-                            float(np.nanmean(_framewise_displacement(motion))), 6
-                        ),
-                    }
-                )
-        _write_subject_truth(truth_dir, config, geometry, subject, maps)
-        for name in CONTRAST_WEIGHTS:
-            group_effects[name].append(maps["contrasts"][name])
-        truth_subjects[f"sub-{subject}"] = {
-            "regions": maps["regions"],
-            "category_order": base_order,
-            "runs": runs_written,
-        }
+    # a writer thread; leaving the block waits for it, also after an error
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        for subject_index, subject in enumerate(subject_labels):
+            maps = _subject_maps(config, geometry, subject_index)
+            order_rng = np.random.default_rng([config.seed, 2, subject_index])
+            base_order = [
+                config.categories[i]
+                for i in order_rng.permutation(len(config.categories))
+            ]
+            runs_written = []
+            for session_index, session in enumerate(session_labels):
+                for run in range(1, config.runs + 1):
+                    run_index = session_index * config.runs + (run - 1)
+                    rng = np.random.default_rng(
+                        [config.seed, 3, subject_index, session_index, run]
+                    )
+                    blocks = _block_sequence(config, base_order, run_index)
+                    regressors = _regressors(config, blocks)
+                    motion = _motion(rng, config.n_volumes)
+                    dropped = rng.random(geometry.edge_index.size) < 0.01
+                    keep = np.ones(geometry.coords.shape[0], dtype=bool)
+                    keep[geometry.edge_index[dropped]] = False
+                    data, signals = _simulate_run(
+                        config,
+                        geometry,
+                        maps,
+                        regressors,
+                        motion,
+                        rng,
+                        geometry.edge_index[dropped],
+                    )
+                    arguments = (
+                        root,
+                        fmriprep,
+                        config,
+                        geometry,
+                        subject,
+                        session,
+                        run,
+                    )
+                    arguments += (blocks, data, signals, motion, keep)
+                    if pending is not None:
+                        pending.result()
+                        pending = None
+                    if data.nbytes <= _OVERLAP_MAX_BYTES:
+                        # compressing this run overlaps with generating the next;
+                        # at most two small runs are alive at once
+                        pending = writer.submit(_write_run, *arguments)
+                    else:
+                        _write_run(*arguments)
+                    del data, arguments
+                    runs_written.append(
+                        {
+                            "session": session,
+                            "run": run,
+                            "blocks": [list(block) for block in blocks],
+                            "n_mask_voxels_dropped": int(dropped.sum()),
+                            "median_temporal_snr": round(
+                                float(np.median(signals["temporal_snr"])), 3
+                            ),
+                            "mean_framewise_displacement_mm": round(
+                                float(np.nanmean(_framewise_displacement(motion))), 6
+                            ),
+                        }
+                    )
+            _write_subject_truth(truth_dir, config, geometry, subject, maps)
+            for name in CONTRAST_WEIGHTS:
+                group_effects[name].append(maps["contrasts"][name])
+            truth_subjects[f"sub-{subject}"] = {
+                "regions": maps["regions"],
+                "category_order": base_order,
+                "runs": runs_written,
+            }
+        if pending is not None:
+            pending.result()
     _write_group_truth(truth_dir, config, geometry, group_effects)
     _write_json(
         truth_dir / "simulation.json",
