@@ -542,7 +542,10 @@ def test_upload_tree_puts_maps_before_their_sidecars(s3, cache, tmp_path):
         )
     ]
     puts = [r.path.split("?")[0] for r in s3.proxy.requests if r.method == "PUT"]
-    assert puts == [f"/{BUCKET}/uploads/sub-09/{url.rsplit('/', 1)[1]}" for url in urls]
+    expected = [f"/{BUCKET}/uploads/sub-09/{url.rsplit('/', 1)[1]}" for url in urls]
+    # Two at a time in flight, but every map is in before any sidecar is sent.
+    assert set(puts[:2]) == set(expected[:2])
+    assert set(puts[2:]) == set(expected[2:])
     store = RemoteStore(f"s3://{BUCKET}/uploads")
     assert store.listdir(PurePosixPath("sub-09")) == sorted(
         url.rsplit("/", 1)[1] for url in urls
@@ -615,3 +618,39 @@ def test_staged_output_uploads_subjects_then_the_rest(s3, cache):
         _write(stage / "group_level/group_stat-z.nii.gz", "group")
     puts = [r.path for r in s3.proxy.requests if r.method == "PUT"]
     assert puts == [f"/{BUCKET}/staged/derivatives/glm/group_level/group_stat-z.nii.gz"]
+
+
+def test_glm_writes_to_the_bucket_and_the_loader_reads_it(s3, cache, tmp_path):
+    bids = tmp_path / "bids"
+    simulate = ["simulate", str(bids), "--subjects", "3", "--runs", "1"]
+    assert cli.main([*simulate, "--n-volumes", "40", "--resolution", "8"]) == 0
+    output = f"s3://{BUCKET}/pipeline/derivatives/glm"
+    assert (
+        cli.main(["glm", str(bids), output, "participant", "--scheduler", "none"]) == 0
+    )
+    puts = [
+        r.path.removeprefix(f"/{BUCKET}/pipeline/derivatives/glm/")
+        for r in s3.proxy.requests
+        if r.method == "PUT"
+    ]
+    assert puts[-1] == "dataset_description.json"
+    # One subject after the other, each map before its sidecar.
+    subjects = [path.split("/")[1] for path in puts[:-1]]
+    assert subjects == sorted(subjects)
+    assert set(subjects) == {"sub-01", "sub-02", "sub-03"}
+    for position, path in enumerate(puts):
+        if path.endswith(".nii.gz"):
+            assert puts.index(path.replace(".nii.gz", ".json")) > position
+
+    s3.proxy.reset()
+    group = ["glm", str(bids), output, "group", "--scheduler", "none"]
+    assert cli.main([*group, "--n-perm", "100"]) == 0
+    puts = [r.path for r in s3.proxy.requests if r.method == "PUT"]
+    assert puts and all("/group_level/" in path for path in puts)
+
+    dataset = LAIONfMRIDataset(f"s3://{BUCKET}/pipeline")
+    assert dataset.subjects == ["sub-01", "sub-02", "sub-03"]
+    assert dataset.corrections("faceVsBaseline") == ["fdr", "fwe"]
+    corrected = dataset.load_group_level_contrast("faceVsBaseline", correction="fdr")
+    assert corrected.shape == dataset.load_first_level_contrast("sub-03").shape
+    assert not list((cache / "staging").iterdir())

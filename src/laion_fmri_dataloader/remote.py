@@ -54,6 +54,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -99,6 +100,10 @@ _S3_PROTOCOLS = ("s3", "s3a")
 _CREDENTIAL_OPTIONS = ("anon", "key", "secret", "token", "profile", "session")
 _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
 _REMOTE_LIBRARIES = ("aiobotocore", "aiohttp", "botocore", "fsspec", "s3fs")
+
+# Files in flight at once: for small files the latency of each request, not
+# the bandwidth, bounds a transfer.
+_CONCURRENCY = 8
 
 _Result = TypeVar("_Result")
 
@@ -676,10 +681,17 @@ def _is_cached(target: Path, url: str, listed: dict | None) -> bool:
     )
 
 
-def _upload_order(relatives: Sequence[PurePosixPath]) -> list[PurePosixPath]:
-    """Maps and figures first, JSON sidecars after them, so that a sidecar
-    never announces a map that is not there yet."""
-    return sorted(relatives, key=lambda path: (path.suffix == ".json", str(path)))
+def _run_all(tasks: Sequence[Callable[[], _Result]]) -> list[_Result]:
+    """Run tasks a few at a time; results in task order, the first error raised.
+
+    Every task has finished when this returns or raises, so that no transfer
+    is left running behind an error.
+    """
+    if len(tasks) <= 1:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, len(tasks))) as pool:
+        futures = [pool.submit(task) for task in tasks]
+    return [future.result() for future in futures]
 
 
 def _local_files(local_dir: Path) -> list[PurePosixPath]:
@@ -697,32 +709,39 @@ class _Uploader:
         self.filesystem, self.root, _ = _open_filesystem(url, storage_options)
         self.retry = retry
 
+    def _put(self, local_dir: Path, relative: PurePosixPath) -> str:
+        key = f"{self.root}/{relative.as_posix()}"
+        url = self.filesystem.unstrip_protocol(key)
+        source = os.fspath(local_dir / relative)
+        try:
+            _call(
+                self.retry,
+                "upload to",
+                url,
+                lambda: self.filesystem.put_file(source, key),
+            )
+        except _Missing as missing:
+            raise NotFoundError(
+                f"cannot upload to {url}: the bucket does not exist ({missing})"
+            ) from None
+        except _Denied as denied:
+            raise RemoteError(
+                f"access denied writing {url} ({denied}); give credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_PROFILE or storage_options) that may "
+                "write there"
+            ) from None
+        return url
+
     def upload(self, local_dir: Path, relatives: Sequence[PurePosixPath]) -> list:
+        """Upload maps and figures, then (once all are there) JSON sidecars, so
+        that a sidecar never announces a map that is not there yet."""
+        maps = sorted(path for path in relatives if path.suffix != ".json")
+        sidecars = sorted(path for path in relatives if path.suffix == ".json")
         urls = []
-        for relative in _upload_order(relatives):
-            key = f"{self.root}/{relative.as_posix()}"
-            url = self.filesystem.unstrip_protocol(key)
-            source = os.fspath(local_dir / relative)
-            try:
-                _call(
-                    self.retry,
-                    "upload to",
-                    url,
-                    lambda source=source, key=key: self.filesystem.put_file(
-                        source, key
-                    ),
-                )
-            except _Missing as missing:
-                raise NotFoundError(
-                    f"cannot upload to {url}: the bucket does not exist ({missing})"
-                ) from None
-            except _Denied as denied:
-                raise RemoteError(
-                    f"access denied writing {url} ({denied}); give credentials "
-                    "(AWS_ACCESS_KEY_ID/AWS_PROFILE or storage_options) that may "
-                    "write there"
-                ) from None
-            urls.append(url)
+        for phase in (maps, sidecars):
+            urls += _run_all(
+                [functools.partial(self._put, local_dir, path) for path in phase]
+            )
         return urls
 
 
@@ -830,10 +849,18 @@ def staged_output(
             store = RemoteStore(
                 output_url, cache_dir, storage_options=storage_options, retry=retry
             )
-            for folder in fetch:
-                for relative in store.files_under(PurePosixPath(folder)):
-                    (stage / relative).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(store.local_path(relative), stage / relative)
+
+            def copy(relative: PurePosixPath) -> None:
+                (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(store.local_path(relative), stage / relative)
+
+            _run_all(
+                [
+                    functools.partial(copy, relative)
+                    for folder in fetch
+                    for relative in store.files_under(PurePosixPath(folder))
+                ]
+            )
         before = {
             relative: _stamp(stage / relative) for relative in _local_files(stage)
         }

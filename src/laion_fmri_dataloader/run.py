@@ -23,6 +23,7 @@ from laion_fmri_dataloader.glm.first_level import (
     write_dataset_description,
 )
 from laion_fmri_dataloader.layout import subject_label
+from laion_fmri_dataloader.storage import is_remote
 
 __all__ = [
     "config_from_args",
@@ -144,6 +145,15 @@ def _summarise(results: Sequence[SubjectResult]) -> int:
 
 def run_glm_command(args: argparse.Namespace) -> int:
     """``laion-fmri glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    if is_remote(args.output_dir):
+        from laion_fmri_dataloader.remote import staged_output
+
+        # Write locally, upload once complete; the group level reads first_level.
+        fetch = ("first_level",) if args.analysis_level == "group" else ()
+        with staged_output(args.output_dir, fetch=fetch) as stage:
+            return run_glm_command(
+                argparse.Namespace(**{**vars(args), "output_dir": stage})
+            )
     options = {
         "workers": args.workers,
         "memory_per_worker": args.memory_per_worker,
