@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 
+import fsspec
 import numpy as np
 import pytest
 from moto.server import ThreadedMotoServer
@@ -24,7 +25,12 @@ from moto.server import ThreadedMotoServer
 from _trees import write_derivative_tree
 from laion_fmri_dataloader import cli
 from laion_fmri_dataloader.dataset import LAIONfMRIDataset
-from laion_fmri_dataloader.errors import CorruptFileError, NotFoundError, RemoteError
+from laion_fmri_dataloader.errors import (
+    CorruptFileError,
+    InvalidLabelError,
+    NotFoundError,
+    RemoteError,
+)
 from laion_fmri_dataloader.remote import (
     CACHE_ENV,
     RETRY_DELAY_ENV,
@@ -601,6 +607,10 @@ def test_staged_output_uploads_subjects_then_the_rest(s3, cache):
         raise RuntimeError("pipeline crashed")
     assert stage.is_dir()
     assert not [r for r in s3.proxy.requests if r.method == "PUT"]
+    with pytest.raises(RuntimeError), staged_output(url) as stage:
+        _write(stage / "dataset_description.json", "{}")
+        raise RuntimeError("bad input, nothing made")
+    assert not stage.exists()
 
     # The group level reads first-level maps: fetched into the stage, not re-sent.
     s3.proxy.reset()
@@ -620,6 +630,35 @@ def test_staged_output_uploads_subjects_then_the_rest(s3, cache):
     assert puts == [f"/{BUCKET}/staged/derivatives/glm/group_level/group_stat-z.nii.gz"]
 
 
+def test_any_fsspec_url_works(tmp_path):
+    local = tmp_path / "tree"
+    _write(local / "first_level/sub-01/x.nii.gz", "x")
+    _write(local / "first_level/sub-01/x.json", "{}")
+    url = "memory://laion-remote-test/glm"
+    try:
+        upload_tree(local, url)
+        store = RemoteStore(url, cache_dir=tmp_path / "cache")
+        assert store.listdir(PurePosixPath("first_level/sub-01")) == [
+            "x.json",
+            "x.nii.gz",
+        ]
+        first_level = store.child(PurePosixPath("first_level"))
+        assert first_level.exists(PurePosixPath("sub-01/x.json"))
+        assert not first_level.exists(PurePosixPath("sub-02/x.json"))
+        path = first_level.local_path(PurePosixPath("sub-01/x.nii.gz"))
+        assert (
+            path == tmp_path / "cache/laion-remote-test/glm/first_level/sub-01/x.nii.gz"
+        )
+        assert gzip.decompress(path.read_bytes()) == b"x"
+        with pytest.raises(InvalidLabelError, match="stay inside the dataset"):
+            store.local_path(PurePosixPath("../outside.nii.gz"))
+    finally:
+        fsspec.filesystem("memory").rm("/laion-remote-test", recursive=True)
+    with pytest.raises(InvalidLabelError, match="names no bucket"):
+        RemoteStore("s3://")
+
+
+@pytest.mark.slow
 def test_glm_writes_to_the_bucket_and_the_loader_reads_it(s3, cache, tmp_path):
     bids = tmp_path / "bids"
     simulate = ["simulate", str(bids), "--subjects", "3", "--runs", "1"]

@@ -42,6 +42,7 @@ listing what the folder holds; anything else a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gzip
@@ -199,6 +200,7 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [
         ConnectionError,
         TimeoutError,
+        asyncio.TimeoutError,  # not yet TimeoutError on Python 3.10
         http.client.HTTPException,
         FSTimeoutError,
         _BadDownload,
@@ -460,6 +462,8 @@ class RemoteStore:
         retry: RetryPolicy | None = None,
     ) -> None:
         filesystem, self._root, endpoint = _open_filesystem(url, storage_options)
+        if not self._root:
+            raise InvalidLabelError(f"{url!r} names no bucket or folder")
         self._connection = _Connection(filesystem, retry or RetryPolicy.from_env())
         self._cache = _cache_folder(cache_root(cache_dir), url, endpoint)
 
@@ -803,6 +807,17 @@ def _upload_unit(relative: PurePosixPath) -> str:
     return ""
 
 
+def _changed_units(
+    stage: Path, before: dict[PurePosixPath, tuple[int, int]]
+) -> dict[str, list[PurePosixPath]]:
+    """New or changed files of the stage, by upload unit."""
+    units: dict[str, list[PurePosixPath]] = {}
+    for relative in _local_files(stage):
+        if before.get(relative) != _stamp(stage / relative):
+            units.setdefault(_upload_unit(relative), []).append(relative)
+    return units
+
+
 @contextlib.contextmanager
 def staged_output(
     output_url: str,
@@ -818,7 +833,8 @@ def staged_output(
     an exception, new or changed files are uploaded one subject folder at a
     time, then the group folder, then the top-level files
     (``dataset_description.json``), maps before their sidecars.  If the block
-    raises, nothing is uploaded and the folder is kept (its path is logged).
+    raises, nothing is uploaded; the folder is kept (its path is logged) if it
+    holds new subject or group outputs, else removed.
 
     Parameters
     ----------
@@ -869,15 +885,22 @@ def staged_output(
         raise
     try:
         yield stage
-        changed = [
-            relative
-            for relative in _local_files(stage)
-            if before.get(relative) != _stamp(stage / relative)
-        ]
-        units: dict[str, list[PurePosixPath]] = {}
-        for relative in changed:
-            units.setdefault(_upload_unit(relative), []).append(relative)
-        uploader = _Uploader(output_url, storage_options, retry)
+    except BaseException:
+        units = _changed_units(stage, before)
+        if any(units):
+            log.warning(
+                "%s failed; outputs made before the failure are kept in %s, not "
+                "uploaded to %s",
+                ", ".join(unit for unit in units if unit) or "the run",
+                stage,
+                output_url,
+            )
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    units = _changed_units(stage, before)
+    uploader = _Uploader(output_url, storage_options, retry)
+    try:
         # Subjects first, then the group, then the description of the whole.
         for unit in sorted(units, key=lambda name: (name == "", name)):
             uploader.upload(stage, units[unit])
