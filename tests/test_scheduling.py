@@ -25,7 +25,7 @@ import dask
 import numpy as np
 import psutil
 import pytest
-from distributed import Client
+from distributed import Client, get_task_stream
 
 from laion_fmri_dataloader import cli
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
@@ -340,25 +340,31 @@ def test_distributed_sign_flip_equals_in_process(n_workers, scheduler_address):
         scheduler, options = "local", {"workers": 1}
     else:
         scheduler, options = scheduler_address, {}
-    for effects, config in cases:
-        expected = sign_flip_max_t(
-            effects,
-            n_perm=config.n_perm,
-            alpha=config.alpha,
-            one_sided=config.one_sided,
-            seed=config.seed,
-        )
-        result = distributed_sign_flip(effects, config, scheduler=scheduler, **options)
-        np.testing.assert_array_equal(result.max_t, expected.max_t)
-        np.testing.assert_array_equal(result.p_fwe, expected.p_fwe)
-        np.testing.assert_array_equal(result.t, expected.t)
-        assert result.t_cutoff == expected.t_cutoff
-        assert (result.n_perm, result.exhaustive) == (
-            expected.n_perm,
-            expected.exhaustive,
-        )
-        assert result.mask[:40].sum() >= 30
-        assert not result.mask[40:50].any()
+    # Both cases share the client of this block rather than each opening one.
+    with open_client(scheduler, **options) as client:
+        for effects, config in cases:
+            expected = sign_flip_max_t(
+                effects,
+                n_perm=config.n_perm,
+                alpha=config.alpha,
+                one_sided=config.one_sided,
+                seed=config.seed,
+            )
+            with get_task_stream(client) as stream:
+                result = distributed_sign_flip(
+                    effects, config, scheduler=scheduler, **options
+                )
+            assert any(task["key"].startswith("sign-flip-") for task in stream.data)
+            np.testing.assert_array_equal(result.max_t, expected.max_t)
+            np.testing.assert_array_equal(result.p_fwe, expected.p_fwe)
+            np.testing.assert_array_equal(result.t, expected.t)
+            assert result.t_cutoff == expected.t_cutoff
+            assert (result.n_perm, result.exhaustive) == (
+                expected.n_perm,
+                expected.exhaustive,
+            )
+            assert result.mask[:40].sum() >= 30
+            assert not result.mask[40:50].any()
 
 
 @pytest.mark.parametrize(

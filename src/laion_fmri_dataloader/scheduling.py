@@ -42,6 +42,7 @@ import dask
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, KilledWorker, LocalCluster, as_completed
+from threadpoolctl import threadpool_limits
 
 from laion_fmri_dataloader.errors import InputError
 from laion_fmri_dataloader.glm.first_level import SubjectResult
@@ -76,6 +77,9 @@ _NAMED_SCHEDULERS = ("local", "slurm")
 # Tasks per worker thread of a permutation test: a few per thread balance
 # workers of unequal speed at a negligible cost per task.
 _TASKS_PER_THREAD = 4
+
+# Clients of the open_client blocks being executed, by their arguments.
+_OPEN_CLIENTS: dict[tuple, Client] = {}
 
 # What ``sbatch --time`` accepts: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -303,6 +307,14 @@ def open_client(
 ) -> Iterator[Client]:
     """A Dask client for a ``--scheduler`` value, closed (with its cluster) on exit.
 
+    Inside an ``open_client`` block, a call with the same arguments yields the
+    client already open instead of starting another cluster, so that a caller
+    that maps subjects and then runs a permutation test per contrast can pay for
+    one cluster start::
+
+        with open_client("local", workers=4):
+            run_group(config, scheduler="local", workers=4)
+
     Parameters
     ----------
     scheduler : str
@@ -333,6 +345,18 @@ def open_client(
     """
     _check_scheduler(scheduler)
     workers = _check_workers(workers)
+    spec = (
+        scheduler,
+        workers,
+        memory_per_worker,
+        slurm_queue,
+        slurm_account,
+        slurm_walltime,
+        slurm_cores,
+    )
+    if spec in _OPEN_CLIENTS:
+        yield _OPEN_CLIENTS[spec]
+        return
     if memory_per_worker:
         _check_memory(memory_per_worker)
     if scheduler == "local":
@@ -353,7 +377,11 @@ def open_client(
         has_dashboard = "dashboard" in client.scheduler_info().get("services", {})
         if has_dashboard and (scheduler not in _NAMED_SCHEDULERS or _has_bokeh()):
             log.info("Dask dashboard: %s", client.dashboard_link)
-        yield client
+        _OPEN_CLIENTS[spec] = client
+        try:
+            yield client
+        finally:
+            del _OPEN_CLIENTS[spec]
 
 
 def _absolute_paths(config: ConfigT) -> ConfigT:
@@ -518,22 +546,25 @@ def _max_t_of_chunks(
     one_sided: bool,
 ) -> np.ndarray:
     """Maximum statistic of every permutation of consecutive chunks (a worker task)."""
-    return np.concatenate(
-        [
-            sign_flip_chunk(
-                data,
-                flips_for_chunk(
-                    data.n_subjects,
-                    chunk_index,
-                    chunk_size=chunk_size,
-                    seed=seed,
-                    n_perm=n_perm,
-                ),
-                one_sided=one_sided,
-            )
-            for chunk_index in chunk_indices
-        ]
-    )
+    # As in sign_flip_max_t: these small products run fastest on one BLAS thread,
+    # and workers started without a nanny do not get OMP_NUM_THREADS=1.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return np.concatenate(
+            [
+                sign_flip_chunk(
+                    data,
+                    flips_for_chunk(
+                        data.n_subjects,
+                        chunk_index,
+                        chunk_size=chunk_size,
+                        seed=seed,
+                        n_perm=n_perm,
+                    ),
+                    one_sided=one_sided,
+                )
+                for chunk_index in chunk_indices
+            ]
+        )
 
 
 def distributed_sign_flip(
@@ -621,9 +652,8 @@ def distributed_sign_flip(
         ]
         max_t = np.concatenate(client.gather(futures))
     t_cutoff, p_fwe = fwe_from_max_t(
-        data.t, max_t, alpha=config.alpha, one_sided=config.one_sided
+        data, max_t, alpha=config.alpha, one_sided=config.one_sided
     )
-    p_fwe[data.zero_variance] = 1.0
     return PermutationResult(
         t=data.t,
         max_t=max_t,
