@@ -366,7 +366,9 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         name: fixed_effects([results[name] for results in per_run])
         for name in config.contrasts
     }
-    degenerate = np.logical_or.reduce([r.degenerate for r in combined.values()])
+    # A voxel is unusable when no contrast could be estimated in it (NaN or
+    # constant series); a contrast degenerate everywhere is caught before the fit.
+    degenerate = np.logical_and.reduce([r.degenerate for r in combined.values()])
     if degenerate.any():
         warnings.append(
             f"{int(degenerate.sum())} voxels with NaN or constant time series in every "

@@ -287,8 +287,12 @@ def _is_complete(root: Path, contrasts: list[str], expected: str) -> bool:
 
 
 def _survivor_threshold(z: np.ndarray, survive: np.ndarray) -> float | None:
-    """Smallest |z| that survives, so that ``|z| >= threshold`` reproduces the map."""
-    return float(np.abs(z[survive]).min()) if survive.any() else None
+    """Smallest |z| that survives, so that ``|z| >= threshold`` reproduces the map.
+
+    Taken from the float32 values the map stores, so that it holds on the file.
+    """
+    stored = np.abs(z.astype(np.float32))
+    return float(stored[survive].min()) if survive.any() else None
 
 
 def run_group(config: GroupConfig, scheduler: str = "none", **options) -> list[Path]:

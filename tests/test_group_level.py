@@ -1,0 +1,227 @@
+"""Group level: agreement with nilearn, corrected maps, bad input, power."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from laion_fmri_dataloader import LAIONfMRIDataset, layout
+from laion_fmri_dataloader.cli import main
+from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS
+from laion_fmri_dataloader.sidecar import MapSidecar
+
+
+def _glm(dataset):
+    return dataset / "derivatives" / "glm"
+
+
+def _group(dataset, *extra):
+    args = ["glm", str(dataset), str(_glm(dataset)), "group", "--scheduler", "none"]
+    return main([*args, *extra])
+
+
+def _sidecar(dataset, contrast, stat="z", correction=None):
+    relative = layout.group_map(contrast, stat, correction)
+    return MapSidecar.model_validate_json(
+        (_glm(dataset) / layout.sidecar_of(relative)).read_text()
+    )
+
+
+@pytest.mark.parametrize("contrast", ["faceVsScene", "objectVsBaseline"])
+def test_agrees_with_nilearn_second_level(group_dataset, contrast):
+    from nilearn.glm.second_level import SecondLevelModel
+
+    dataset = LAIONfMRIDataset(group_dataset)
+    mask_img = nib.load(_glm(group_dataset) / layout.group_mask())
+    mask = mask_img.get_fdata() > 0
+    effects = [
+        dataset.load_first_level_contrast(subject, "experiment", contrast, "effect")
+        for subject in dataset.subjects
+    ]
+    design = pd.DataFrame({"intercept": np.ones(len(effects))})
+    model = SecondLevelModel(mask_img=mask_img).fit(effects, design_matrix=design)
+    reference = model.compute_contrast("intercept", output_type="all")
+    for stat, key in (("z", "z_score"), ("t", "stat"), ("p", "p_value")):
+        ours = dataset.load_group_level_contrast(contrast, stat).get_fdata()[mask]
+        expected = reference[key].get_fdata()[mask]
+        if stat == "p":
+            # nilearn's p is one-sided (effect > 0); ours is two-sided.
+            expected = 2 * np.minimum(expected, 1 - expected)
+            np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-7)
+        else:
+            assert np.max(np.abs(ours - expected)) < 1e-3, stat
+
+
+def test_corrected_maps_are_surviving_z(group_dataset):
+    dataset = LAIONfMRIDataset(group_dataset)
+    for contrast in STANDARD_CONTRASTS:
+        z = dataset.load_group_level_contrast(contrast, "z").get_fdata()
+        for correction in ("fdr", "fwe"):
+            corrected = dataset.load_group_level_contrast(
+                contrast, correction=correction
+            )
+            values = corrected.get_fdata()
+            survive = values != 0
+            np.testing.assert_array_equal(values[survive], z[survive])
+            info = _sidecar(group_dataset, contrast, correction=correction).Correction
+            assert info.Alpha == 0.05 and info.TwoSided
+            if info.ZThreshold is not None:
+                mask = (
+                    nib.load(_glm(group_dataset) / layout.group_mask()).get_fdata() > 0
+                )
+                np.testing.assert_array_equal(
+                    survive[mask], np.abs(z[mask]) >= info.ZThreshold
+                )
+            table = _glm(group_dataset) / layout.cluster_table(contrast, correction)
+            assert table.is_file()
+    fwe = _sidecar(group_dataset, "faceVsScene", correction="fwe").Correction
+    assert fwe.Method.startswith("fwe (sign-flip permutation")
+    assert fwe.NPermutations == 64 and fwe.Exhaustive
+    sidecar = _sidecar(group_dataset, "faceVsScene", "t")
+    assert sidecar.AnalysisLevel == "group"
+    assert sidecar.Subjects == [f"sub-{i:02d}" for i in range(1, 7)]
+    assert sidecar.DegreesOfFreedom == 5
+
+
+def test_rerun_is_skipped(group_dataset, caplog):
+    with caplog.at_level("INFO", logger="laion_fmri"):
+        assert _group(group_dataset) == 0
+    assert "outputs complete and up to date, skipped" in caplog.text
+
+
+def test_few_subjects_fall_back_to_bonferroni(group_dataset, tmp_path, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(group_dataset, copy)
+    shutil.rmtree(_glm(copy) / "group_level")
+    with caplog.at_level("INFO", logger="laion_fmri"):
+        assert _group(copy, "--participant-label", "01", "02", "03", "04") == 0
+    assert "too few for a sign-flip FWE test" in caplog.text
+    fwe = _sidecar(copy, "faceVsScene", correction="fwe").Correction
+    assert fwe.Method == "fwe (Bonferroni, parametric)"
+
+
+def _copy_without_group(group_dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(group_dataset, copy)
+    shutil.rmtree(_glm(copy) / "group_level")
+    return copy
+
+
+def _effect_path(dataset, subject, contrast="faceVsScene"):
+    return _glm(dataset) / layout.first_level_map(
+        subject, "experiment", contrast, "effect"
+    )
+
+
+def _nan_in_map(dataset):
+    path = _effect_path(dataset, "03")
+    image = nib.load(path)
+    data = image.get_fdata()
+    mask = nib.load(
+        _glm(dataset) / layout.first_level_mask("03", "experiment")
+    ).get_fdata()
+    data[tuple(np.argwhere(mask > 0)[0])] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+
+
+def _other_grid(dataset):
+    path = _effect_path(dataset, "02")
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(image.get_fdata()[1:], image.affine), path)
+
+
+BAD_GROUP_INPUTS = {
+    "two subjects": (
+        lambda d: None,
+        ("--participant-label", "01", "02"),
+        r"needs at least 3 subjects .* found 2 \(sub-01, sub-02\)",
+    ),
+    "missing contrast": (
+        lambda d: _effect_path(d, "04", "sceneVsObject").unlink(),
+        (),
+        r"sub-04 has no task-experiment effect map of contrast sceneVsObject",
+    ),
+    "NaN in a map": (
+        _nan_in_map,
+        (),
+        r"sub-03_task-experiment_contrast-faceVsScene_stat-effect\.nii\.gz has NaN",
+    ),
+    "other grid": (
+        _other_grid,
+        (),
+        r"sub-02_task-experiment_contrast-faceVsScene_stat-effect\.nii\.gz \(shape "
+        r"\(\d+, \d+, \d+\)\) is not on the grid of",
+    ),
+    "permutation with too few subjects": (
+        lambda d: None,
+        ("--fwe", "permutation", "--participant-label", "01", "02", "03", "04", "05"),
+        r"--fwe permutation cannot reach alpha=0\.05 with 5 subjects.* at least 6",
+    ),
+    "too few permutations": (
+        lambda d: None,
+        ("--n-perm", "20", "--fwe", "permutation"),
+        r"--n-perm 20 is too small for alpha=0\.05; use at least \d+",
+    ),
+    "unknown subject": (
+        lambda d: None,
+        ("--participant-label", "01", "02", "09"),
+        r"sub-09 has no first-level task-experiment maps",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GROUP_INPUTS))
+def test_bad_group_input(group_dataset, tmp_path, capsys, case):
+    import re
+
+    damage, extra, message = BAD_GROUP_INPUTS[case]
+    copy = _copy_without_group(group_dataset, tmp_path)
+    damage(copy)
+    assert _group(copy, *extra) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and re.search(message, error), error
+    assert not (_glm(copy) / "group_level").exists()
+
+
+@pytest.mark.slow
+def test_power_face_regions_found_by_fwe(tmp_path_factory):
+    """Default simulation, twelve subjects: FWE faceVsScene finds the face areas."""
+    from conftest import _simulate_and_fit
+
+    dataset = _simulate_and_fit(
+        tmp_path_factory.mktemp("power"),
+        levels=("participant", "group"),
+        subjects=12,
+        seed=21,
+    )
+    report = _face_area_recovery(dataset)
+    print(report)
+    # Each hemisphere's face area is found; voxel-wise FWE with twelve subjects
+    # and realistic between-subject variability finds the cores, not their extent.
+    assert report["left"] > 0 and report["right"] > 0
+    assert report["hits"] > 0.1
+    assert report["false_positives"] <= 3
+
+
+def _face_area_recovery(dataset):
+    from laion_fmri_dataloader.simulate import load_truth
+
+    fwe = LAIONfMRIDataset(dataset).load_group_level_contrast(
+        "faceVsScene", correction="fwe"
+    )
+    effect, support = load_truth(dataset, "group", "faceVsScene")
+    found = fwe.get_fdata() > 0
+    true_core = effect.get_fdata() > 0.5 * effect.get_fdata().max()
+    outside = support.get_fdata() == 0
+    x_mm = nib.affines.apply_affine(fwe.affine, np.indices(fwe.shape).reshape(3, -1).T)
+    left = (x_mm[:, 0] < 0).reshape(fwe.shape)
+    return {
+        "hits": float(found[true_core].mean()),
+        "left": int(found[true_core & left].sum()),
+        "right": int(found[true_core & ~left].sum()),
+        "false_positives": int((found & outside).sum()),
+    }
