@@ -416,6 +416,10 @@ def test_a_missing_key_lists_the_folder_with_a_suggestion(s3, cache):
     ):
         store.local_path(wrong)
 
+    for url in (f"s3://{BUCKET}/nothing", "s3://no-such-bucket/fmri"):
+        with pytest.raises(NotFoundError, match=f"{url} holds no GLM derivatives"):
+            LAIONfMRIDataset(url)
+
     dataset = LAIONfMRIDataset(URL)
     with pytest.raises(NotFoundError, match="did you mean 'faceVsBaseline'"):
         dataset.load_first_level_contrast("sub-01", contrast="faceVsbaseline")

@@ -448,6 +448,8 @@ class RemoteStore:
 
     Raises
     ------
+    InvalidLabelError
+        If the URL names no bucket or folder.
     RemoteError
         If the URL's file system cannot be opened (unknown protocol, missing
         package).
