@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -814,13 +815,18 @@ def cluster_table(
         raise InputError(
             f"cluster_table needs a 3-D statistical map; got shape {stat_img.shape}"
         )
-    table = get_clusters_table(
-        stat_img,
-        stat_threshold,
-        cluster_threshold=cluster_threshold,
-        two_sided=two_sided,
-        min_distance=min_distance,
-    )
+    with warnings.catch_warnings():
+        # An empty side of a two-sided map is an ordinary outcome, not a warning.
+        warnings.filterwarnings(
+            "ignore", message="No clusters found", category=UserWarning
+        )
+        table = get_clusters_table(
+            stat_img,
+            stat_threshold,
+            cluster_threshold=cluster_threshold,
+            two_sided=two_sided,
+            min_distance=min_distance,
+        )
     voxel_volume = abs(float(np.linalg.det(stat_img.affine[:3, :3])))
     size_mm3 = pd.to_numeric(table["Cluster Size (mm3)"], errors="coerce")
     table["Cluster Size (voxels)"] = (
