@@ -51,6 +51,8 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 
 @dataclass
 class Request:
+    """One request as the proxy saw it."""
+
     method: str
     path: str
     status: int
@@ -206,6 +208,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 @dataclass
 class S3:
+    """The tests' server: its proxy, the local copy of what the bucket holds,
+    and the cache folder named after its endpoint."""
+
     proxy: FaultyProxy
     tree: Path
     endpoint_folder: str
@@ -447,6 +452,27 @@ def test_access_denied_says_so_and_is_not_retried(s3, cache):
     s3.proxy.deny = "list-type=2"
     with pytest.raises(RemoteError, match=rf"access denied listing {URL}/derivatives "):
         LAIONfMRIDataset(URL)
+
+
+def test_objects_load_where_listing_is_not_allowed(s3, cache):
+    # Some public buckets serve objects but refuse to list them.
+    s3.proxy.deny = "list-type=2"
+    store = RemoteStore(GLM_URL)
+    name = "group_contrast-faceVsScene_stat-z.json"
+    path = store.local_path(PurePosixPath("group_level") / name)
+    assert (
+        path.read_bytes()
+        == (s3.tree / "derivatives/glm/group_level" / name).read_bytes()
+    )
+    assert [r.method for r in s3.proxy.requests if name in r.path] == ["HEAD", "GET"]
+    with pytest.raises(RemoteError, match=r"access denied listing"):
+        store.listdir(PurePosixPath("group_level"))
+    with pytest.raises(
+        RemoteError,
+        match=r"access denied to .*/group_contrast-nothing.json .*"
+        r"listing .*/group_level is not allowed, .* check the name",
+    ):
+        store.local_path(PurePosixPath("group_level/group_contrast-nothing.json"))
 
 
 def test_without_credentials_requests_are_anonymous(s3, cache, monkeypatch):

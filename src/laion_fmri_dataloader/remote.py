@@ -591,11 +591,18 @@ class RemoteStore:
             raise RemoteError(self._denied_message(relative, denied)) from None
 
     def _denied_message(self, relative: PurePosixPath, denied: _Denied) -> str:
-        return (
+        message = (
             f"access denied to {self.describe(relative)} ({denied}); give "
             "credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE or storage_options) that "
-            "may read it; " + self._available(relative)
+            "may read it; "
         )
+        if self._connection.listings.get(self._key(relative.parent)) is None:
+            return message + (
+                f"listing {self.describe(relative.parent)} is not allowed, and "
+                "then S3 answers a missing object with 'access denied' too: "
+                "check the name"
+            )
+        return message + self._available(relative)
 
     def local_path(self, relative: PurePosixPath) -> Path:
         """A verified local copy of a remote file, downloaded if not cached.
