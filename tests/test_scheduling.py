@@ -367,6 +367,18 @@ def test_distributed_sign_flip_equals_in_process(n_workers, scheduler_address):
             assert not result.mask[40:50].any()
 
 
+def test_local_sign_flip_without_open_client_runs_in_process(caplog):
+    caplog.set_level(logging.INFO, logger="laion_fmri")
+    effects = _effects(10, 3)
+    config = GroupConfig(Path("."), n_perm=500, seed=1)
+    children = psutil.Process().children(recursive=True)
+    result = distributed_sign_flip(effects, config, scheduler="local", workers=2)
+    assert psutil.Process().children(recursive=True) == children
+    assert "computed in this process" in caplog.text
+    expected = sign_flip_max_t(effects, n_perm=500, seed=1)
+    np.testing.assert_array_equal(result.max_t, expected.max_t)
+
+
 @pytest.mark.parametrize(
     ("n_subjects", "changes"),
     [
@@ -437,8 +449,8 @@ def test_slurm_job_script_has_requested_options():
         slurm_walltime="01:30:00",
         slurm_cores=4,
     )
-    local = {"scheduler_options": {"host": "127.0.0.1", "dashboard_address": None}}
-    with SLURMCluster(**kwargs, **local) as cluster:
+    kwargs["scheduler_options"]["host"] = "127.0.0.1"
+    with SLURMCluster(**kwargs) as cluster:
         script = cluster.job_script()
     for line in (
         "#SBATCH -J laion-fmri",
@@ -460,7 +472,8 @@ def test_slurm_job_script_has_requested_options():
     }
     with dask.config.set(settings):
         kwargs = slurm_cluster_kwargs(slurm_walltime="00:10:00")
-        with SLURMCluster(**kwargs, **local) as cluster:
+        kwargs["scheduler_options"]["host"] = "127.0.0.1"
+        with SLURMCluster(**kwargs) as cluster:
             lines = cluster.job_script().splitlines()
     for line in (
         "#SBATCH -A fromconfig",

@@ -161,12 +161,22 @@ def slurm_cluster_kwargs(
 
     Examples
     --------
-    >>> slurm_cluster_kwargs(memory_per_worker="8GiB", slurm_walltime="01:00:00")
-    {'processes': 1, 'job_name': 'laion-fmri', 'memory': '8GiB', 'cores': 1, 'walltime': '01:00:00'}
-    """  # noqa: E501
+    >>> kwargs = slurm_cluster_kwargs(memory_per_worker="8GiB", slurm_cores=4)
+    >>> kwargs["processes"], kwargs["cores"], kwargs["memory"]
+    (1, 4, '8GiB')
+    """
     import dask_jobqueue  # noqa: F401  (registers the jobqueue.* configuration)
 
-    kwargs: dict[str, Any] = {"processes": 1, "job_name": "laion-fmri"}
+    kwargs: dict[str, Any] = {
+        "processes": 1,
+        "job_name": "laion-fmri",
+        # A free dashboard port: 8787 is often taken on a shared login node.
+        # Passing scheduler_options replaces the configured ones, so merge them.
+        "scheduler_options": {
+            "dashboard_address": ":0",
+            **dask.config.get("jobqueue.slurm.scheduler-options", {}),
+        },
+    }
     memory = memory_per_worker or dask.config.get("jobqueue.slurm.memory", None)
     if memory is None:
         raise InputError(
@@ -294,6 +304,28 @@ def _slurm_client(workers: int | None, **slurm_options) -> Iterator[Client]:
         yield client
 
 
+def _client_spec(
+    scheduler: str,
+    *,
+    workers: int | None = None,
+    memory_per_worker: str | None = None,
+    slurm_queue: str | None = None,
+    slurm_account: str | None = None,
+    slurm_walltime: str | None = None,
+    slurm_cores: int | None = None,
+) -> tuple:
+    """The arguments of :func:`open_client` that identify the client it opens."""
+    return (
+        scheduler,
+        workers,
+        memory_per_worker,
+        slurm_queue,
+        slurm_account,
+        slurm_walltime,
+        slurm_cores,
+    )
+
+
 @contextmanager
 def open_client(
     scheduler: str,
@@ -345,14 +377,14 @@ def open_client(
     """
     _check_scheduler(scheduler)
     workers = _check_workers(workers)
-    spec = (
+    spec = _client_spec(
         scheduler,
-        workers,
-        memory_per_worker,
-        slurm_queue,
-        slurm_account,
-        slurm_walltime,
-        slurm_cores,
+        workers=workers,
+        memory_per_worker=memory_per_worker,
+        slurm_queue=slurm_queue,
+        slurm_account=slurm_account,
+        slurm_walltime=slurm_walltime,
+        slurm_cores=slurm_cores,
     )
     if spec in _OPEN_CLIENTS:
         yield _OPEN_CLIENTS[spec]
@@ -437,7 +469,7 @@ def _progress(total: int) -> Iterator[Callable[[SubjectResult], None]]:
         task = bar.add_task("first level", total=total)
 
         def report(result: SubjectResult) -> None:
-            bar.console.log(describe(result))
+            bar.console.print(describe(result), highlight=False)
             bar.advance(task)
 
         yield report
@@ -577,6 +609,11 @@ def distributed_sign_flip(
 ) -> PermutationResult:
     """:func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t` on Dask workers.
 
+    With ``scheduler="local"`` and no :func:`open_client` block open for it, the
+    test runs in this process instead: ``sign_flip_max_t`` already uses every
+    core, and starting worker processes per contrast would cost more than the
+    test.
+
     The effects are normalised once on the client and broadcast to the workers;
     each task computes the maxima of a run of consecutive chunks of sign flips
     (:func:`~laion_fmri_dataloader.glm.inference.flips_for_chunk`, which depend
@@ -609,6 +646,19 @@ def distributed_sign_flip(
         Exactly when :func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t`
         raises them, before any client is opened.
     """
+    if scheduler == "local" and _client_spec(scheduler, **options) not in _OPEN_CLIENTS:
+        # sign_flip_max_t already spreads the chunks over this machine's cores
+        # with threads; a LocalCluster started for one test would only add
+        # seconds of start-up and copies of the data, for the same result.
+        log.info("FWE: sign flips computed in this process, on every core")
+        return sign_flip_max_t(
+            effects,
+            n_perm=config.n_perm,
+            alpha=config.alpha,
+            one_sided=config.one_sided,
+            seed=config.seed,
+            chunk_size=chunk_size,
+        )
     data = prepare_sign_flip(effects)
     # sign_flip_max_t checks its arguments inline; running it on one voxel applies
     # those checks with their messages at the cost of n_perm x n_subjects flops.
