@@ -107,7 +107,32 @@ Determinism
 Memory
     A run is generated one volume at a time into a single float32 array that
     is written once; the peak is about one run's float32 size plus the
-    per-subject maps and a raw series of one sixteenth of that size.
+    per-subject maps and a raw series of one sixteenth of that size.  Runs of
+    up to 256 MiB are compressed in a background thread while the next run is
+    generated (so two such runs may be alive); larger runs are written in turn.
+
+Files
+-----
+``<task>`` is the task label, ``[_ses-<s>]`` appears with ``sessions > 1``
+(runs are numbered 1..``runs`` within each session)::
+
+    dataset_description.json, README, participants.tsv/.json,
+    task-<task>_bold.json, task-<task>_events.json
+    sub-01/[ses-01/]func/sub-01[_ses-01]_task-<task>_run-1_{bold.nii.gz,bold.json,events.tsv}
+    derivatives/fmriprep/dataset_description.json
+    derivatives/fmriprep/sub-01/[ses-01/]func/sub-01[_ses-01]_task-<task>_run-1_
+        space-MNI152NLin2009cAsym_desc-preproc_bold.{nii.gz,json}
+        space-MNI152NLin2009cAsym_desc-brain_mask.{nii.gz,json}
+        desc-confounds_timeseries.tsv
+    derivatives/truth/simulation.json, dataset_description.json
+    derivatives/truth/sub-01/sub-01_task-<task>_contrast-<c>_truth-{effect,mask}.nii.gz
+    derivatives/truth/sub-01/sub-01_task-<task>_condition-<category>_truth-effect.nii.gz
+    derivatives/truth/sub-01/sub-01_task-<task>_truth-{ar1,noisesd}.nii.gz
+    derivatives/truth/group/group_task-<task>_contrast-<c>_truth-{effect,anymask,allmask}.nii.gz
+
+The raw BOLD is the preprocessed series averaged over 2x2x2 voxels and stored
+as int16 (a cheap stand-in that keeps the raw dataset valid); analyses should
+use the fMRIPrep derivative.
 """
 
 from __future__ import annotations
@@ -129,6 +154,7 @@ import numpy as np
 from scipy import ndimage
 
 from laion_fmri_dataloader._version import __version__
+from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
 from laion_fmri_dataloader.errors import (
     InvalidLabelError,
     NotFoundError,
@@ -147,14 +173,11 @@ __all__ = [
 #: The template space the fMRIPrep-like outputs are labelled with.
 SPACE = "MNI152NLin2009cAsym"
 
-#: The standard contrasts, as weights over (face, scene, object, baseline).
-CONTRAST_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
-    "faceVsBaseline": (1.0, 0.0, 0.0, -1.0),
-    "sceneVsBaseline": (0.0, 1.0, 0.0, -1.0),
-    "objectVsBaseline": (0.0, 0.0, 1.0, -1.0),
-    "faceVsScene": (1.0, -1.0, 0.0, 0.0),
-    "faceVsObject": (1.0, 0.0, -1.0, 0.0),
-    "sceneVsObject": (0.0, 1.0, -1.0, 0.0),
+#: The standard contrasts (from :mod:`laion_fmri_dataloader.contrasts`), as
+#: weights over (face, scene, object, baseline).
+CONTRAST_WEIGHTS: dict[str, tuple[float, ...]] = {
+    name: tuple(contrast.weights.get(condition, 0.0) for condition in CONDITIONS)
+    for name, contrast in STANDARD_CONTRASTS.items()
 }
 
 #: Categories that may be added to face, scene and object.
@@ -233,12 +256,16 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra_categories", tuple(self.extra_categories))
-        for name in ("subjects", "runs", "sessions"):
+        for name in ("subjects", "runs", "sessions", "n_volumes", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise InvalidLabelError(f"{name} must be an integer; got {value!r}")
+        for name in ("subjects", "runs", "sessions"):
+            value = getattr(self, name)
             if value < 1:
                 raise InvalidLabelError(f"{name} must be >= 1; got {value}")
+        if self.seed < 0:
+            raise InvalidLabelError(f"seed must be >= 0; got {self.seed}")
         if self.subjects > 99:
             raise InvalidLabelError(f"subjects must be <= 99; got {self.subjects}")
         if not 1.0 <= float(self.resolution) <= _MAX_RESOLUTION:
@@ -770,9 +797,11 @@ def _subject_maps(
                 responses[index] += amplitude * region.responses[category] * shape
             for name, weights in CONTRAST_WEIGHTS.items():
                 # per region, so that a contrast null in a region is exactly 0
+                # fixation (baseline) has no response of its own
                 net = sum(
-                    w * region.responses.get(c, 0.0)
-                    for w, c in zip(weights[:3], _CORE_CATEGORIES, strict=True)
+                    weight * region.responses.get(condition, 0.0)
+                    for weight, condition in zip(weights, CONDITIONS, strict=True)
+                    if condition != _BASELINE
                 )
                 if net != 0.0:
                     contrast_effects[name] += amplitude * net * shape
@@ -1264,7 +1293,7 @@ def _simulate(root: pathlib.Path, config: SimulationConfig) -> pathlib.Path:
             },
             "categories": [*config.categories, _BASELINE],
             "contrasts": {name: list(w) for name, w in CONTRAST_WEIGHTS.items()},
-            "contrast_weight_order": [*_CORE_CATEGORIES, _BASELINE],
+            "contrast_weight_order": list(CONDITIONS),
             "subjects": truth_subjects,
         },
     )
