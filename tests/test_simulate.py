@@ -220,6 +220,11 @@ def test_load_truth_not_found(localizer, subject, contrast, message):
         load_truth(localizer, subject, contrast)
 
 
+def test_load_truth_rejects_paths(localizer):
+    with pytest.raises(InvalidLabelError, match=r"subject label '\.\./01'"):
+        load_truth(localizer, "../01", "faceVsScene")
+
+
 def test_noiseless_ols_recovers_the_truth(tmp_path):
     from nilearn.glm.first_level import make_first_level_design_matrix
 

@@ -160,6 +160,7 @@ from laion_fmri_dataloader.errors import (
     NotFoundError,
     did_you_mean,
 )
+from laion_fmri_dataloader.layout import validate_label
 
 __all__ = [
     "CONTRAST_WEIGHTS",
@@ -559,6 +560,8 @@ def load_truth(
     ------
     NotFoundError
         If the contrast or subject does not exist.
+    InvalidLabelError
+        If the subject or task is not a BIDS label.
     """
     if contrast not in CONTRAST_WEIGHTS:
         raise NotFoundError(
@@ -566,7 +569,8 @@ def load_truth(
             + did_you_mean(contrast, CONTRAST_WEIGHTS)
         )
     truth_dir = pathlib.Path(dataset_dir) / "derivatives" / "truth"
-    label = subject.removeprefix("sub-")
+    label = validate_label(str(subject).removeprefix("sub-"), "subject")
+    validate_label(task, "task")
     if label == "group":
         effect_path = (
             truth_dir / "group" / _truth_name("group", task, contrast, "effect")
