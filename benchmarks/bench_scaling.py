@@ -3,11 +3,12 @@
 Simulates 8 subjects with the simulator's defaults (4 mm, 2 runs of 160
 volumes), then fits their first level in this process (``--scheduler none``)
 and on a LocalCluster of 1 and 2 single-thread workers, and prints one row per
-setting: cluster start, participant stage, peak resident memory of each worker
-process (imports included) against its memory limit, the CPU seconds the
-stage used and the machine's 1-minute load average after it (other processes
-compete for the cores on a shared machine).  The outputs of every
-setting are checked to be byte-identical.
+setting: cluster start (with the workers' imports), participant stage, CPU
+seconds of the stage, the machine's 1-minute load average after it (other
+processes compete for the cores of a shared machine), a worker's resident
+memory after its imports, each worker's peak and the memory limit.  A worker
+fits one subject at a time, so its peak minus its imports bounds the memory of
+one subject.  The outputs of every setting are checked to be byte-identical.
 
 Usage::
 
@@ -41,6 +42,16 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _resident_after_imports() -> int:
+    """Import what a first-level task imports; return the resident memory then."""
+    import matplotlib.pyplot  # noqa: F401  (the design-matrix figure)
+
+    import laion_fmri_dataloader.run  # noqa: F401
+
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -65,6 +76,7 @@ def _in_process(config: FirstLevelConfig, subjects: list[str]) -> dict:
         "statuses": {r.status for r in results},
         # This process also simulated the data: its peak says nothing of the fit.
         "peaks": [],
+        "baseline": None,
         "limit": None,
     }
 
@@ -73,6 +85,9 @@ def _on_cluster(config: FirstLevelConfig, subjects: list[str], workers: int) -> 
     start = time.perf_counter()
     with open_client("local", workers=workers) as client:
         client.wait_for_workers(workers)
+        # Imports are paid once per worker; leave them out of the stage so that
+        # the memory a task adds on top of them can be told apart.
+        baseline = max(client.run(_resident_after_imports).values())
         cpu = sum(client.run(_cpu_seconds).values())
         started = time.perf_counter()
         # The cluster is reached by address, so that its workers can be asked
@@ -92,6 +107,7 @@ def _on_cluster(config: FirstLevelConfig, subjects: list[str], workers: int) -> 
         "load": load,
         "statuses": {r.status for r in results},
         "peaks": peaks,
+        "baseline": baseline,
         "limit": limit,
     }
 
@@ -133,16 +149,18 @@ def main(argv: list[str] | None = None) -> None:
         assert same, f"outputs with {workers} workers differ from the in-process run"
     print(
         f"{'setting':<12} {'start (s)':>10} {'stage (s)':>10} {'speed-up':>9} "
-        f"{'CPU (s)':>8} {'load':>5} {'peak RSS per worker':>24} {'limit':>10}"
+        f"{'CPU (s)':>8} {'load':>5} {'after imports':>14} "
+        f"{'peak RSS per worker':>24} {'limit':>10}"
     )
     for row in rows:
         assert row["statuses"] == {"done"}, row
         peaks = ", ".join(format_bytes(peak) for peak in row["peaks"]) or "-"
+        baseline = format_bytes(row["baseline"]) if row["baseline"] else "-"
         limit = format_bytes(row["limit"]) if row["limit"] else "-"
         print(
             f"{row['setting']:<12} {row['start_s']:>10.1f} {row['stage_s']:>10.1f} "
             f"{rows[0]['stage_s'] / row['stage_s']:>8.2f}x {row['cpu_s']:>8.1f} "
-            f"{row['load']:>5.1f} {peaks:>24} {limit:>10}"
+            f"{row['load']:>5.1f} {baseline:>14} {peaks:>24} {limit:>10}"
         )
 
 

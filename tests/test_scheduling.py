@@ -113,9 +113,11 @@ def _dask_cluster(folder: Path, n_workers: int = 2):
     finally:
         for process in reversed(processes):
             process.terminate()
+        # A worker closing on SIGTERM sometimes hangs in distributed's own
+        # shutdown; it has nothing left to save, so it is killed after a while.
         for process in reversed(processes):
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)

@@ -42,6 +42,7 @@ import dask
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, KilledWorker, LocalCluster, as_completed
+from distributed.system import MEMORY_LIMIT
 from threadpoolctl import threadpool_limits
 
 from laion_fmri_dataloader.errors import InputError
@@ -99,20 +100,22 @@ def _check_workers(workers: int | None) -> int | None:
     return workers
 
 
-def _check_memory(memory: str | int, option: str = "--memory-per-worker") -> int:
+def _check_memory(memory: str | int) -> int:
     """Bytes of a size such as ``"4GiB"``; InputError when it is not one."""
     try:
         size = parse_bytes(memory)
     except (ValueError, TypeError):
         size = 0
     if size <= 0:
-        raise InputError(f"{option} must be a size such as 4GiB or 8GB; got {memory!r}")
+        raise InputError(
+            f"--memory-per-worker must be a size such as 4GiB or 8GB; got {memory!r}"
+        )
     return size
 
 
-def _check_scheduler(scheduler: str) -> str:
+def _check_scheduler(scheduler: str) -> None:
     if scheduler in _NAMED_SCHEDULERS or "://" in str(scheduler):
-        return scheduler
+        return
     raise InputError(
         "--scheduler must be 'local', 'slurm', 'none' or a scheduler address such as "
         f"tcp://HOST:PORT; got {scheduler!r}"
@@ -229,8 +232,6 @@ def _local_client(
     workers: int | None, memory_per_worker: str | None
 ) -> Iterator[Client]:
     n_workers = workers or _n_cores()
-    from distributed.system import MEMORY_LIMIT
-
     memory_limit = (
         _check_memory(memory_per_worker)
         if memory_per_worker
@@ -440,11 +441,9 @@ def _progress(total: int) -> Iterator[Callable[[SubjectResult], None]]:
     def describe(result: SubjectResult) -> str:
         nonlocal finished
         finished += 1
-        status = (
-            "skipped (already complete)"
-            if result.status == "skipped"
-            else (result.status)
-        )
+        status = result.status
+        if status == "skipped":
+            status = "skipped (already complete)"
         return f"{result.subject} {status} ({finished} of {total})"
 
     if not sys.stderr.isatty():
@@ -543,6 +542,8 @@ def map_subjects(
         If the scheduler cannot be opened (see :func:`open_client`).
     """
     labels = [subject_label(subject) for subject in subjects]
+    if not labels:
+        return []
     config = _absolute_paths(config)
     # Keys unique to this run: a long-lived scheduler may remember earlier runs.
     token = uuid.uuid4().hex[:8]
