@@ -1,0 +1,485 @@
+"""HTML reports: content, self-containment, rerun, and rendering in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from laion_fmri_dataloader import layout
+from laion_fmri_dataloader.report import (
+    HIGH_MOTION_FD_MM,
+    NULL_CALIBRATION_NOTE,
+    compare_with_truth,
+    motion_summary,
+    report_path,
+    write_index,
+    write_reports,
+    write_subject_report,
+)
+from laion_fmri_dataloader.sidecar import MapSidecar
+
+TASK = "experiment"
+
+
+# ---------------------------------------------------------------------------
+# Units
+
+
+def test_compare_with_truth_counts_inside_the_mask_only():
+    corrected = np.array([3.0, 0.0, 0.0, 4.0, -5.0, 6.0])
+    truth = np.array([1.0, 2.0, 0.0, 0.0, 1.0, 1.0])
+    mask = np.array([True, True, True, True, True, False])
+    comparison, labels = compare_with_truth(corrected, truth, mask)
+    assert (comparison.n_true, comparison.hits, comparison.misses) == (3, 1, 1)
+    assert (comparison.false_positives, comparison.sign_errors) == (1, 1)
+    assert comparison.n_found == 3
+    assert comparison.sensitivity == pytest.approx(1 / 3)
+    assert comparison.false_discovery_proportion == pytest.approx(2 / 3)
+    assert labels.tolist() == [1, 2, 0, 3, 3, 0]
+
+
+def test_compare_with_truth_rejects_other_shapes():
+    with pytest.raises(ValueError, match="must have one shape"):
+        compare_with_truth(np.zeros(3), np.zeros(4), np.ones(3, bool))
+
+
+def test_motion_summary_reads_framewise_displacement(tmp_path):
+    path = tmp_path / "sub-01_task-x_desc-confounds_timeseries.tsv"
+    values = [0.1, 0.2, 0.9, 0.3]
+    path.write_text(
+        "framewise_displacement\ttrans_x\nn/a\t0\n"
+        + "".join(f"{value}\t0\n" for value in values)
+    )
+    summary = motion_summary(path)
+    assert summary.n_volumes == 5
+    assert summary.mean_fd == pytest.approx(np.mean(values))
+    assert summary.max_fd == pytest.approx(0.9)
+    assert summary.high_motion_share == pytest.approx(1 / 5)
+    assert any("mean framewise displacement 0.38 mm" in w for w in summary.warnings)
+
+
+@pytest.mark.parametrize(
+    "content", [None, "trans_x\n0\n0\n", "framewise_displacement\nn/a\nn/a\n"]
+)
+def test_motion_summary_is_none_without_usable_values(tmp_path, content):
+    path = tmp_path / "confounds.tsv"
+    if content is not None:
+        path.write_text(content)
+    assert motion_summary(path) is None
+
+
+# ---------------------------------------------------------------------------
+# Reports of a simulated dataset
+
+
+def _relocate(source: Path, target: Path) -> Path:
+    """Copy a dataset; point the sidecars' run paths at the copy."""
+    shutil.copytree(source, target)
+    for sidecar in (target / "derivatives" / "glm").rglob("*.json"):
+        text = sidecar.read_text()
+        if str(source) in text:
+            sidecar.write_text(text.replace(str(source), str(target)))
+    return target
+
+
+@pytest.fixture(scope="module")
+def reports(group_dataset, tmp_path_factory):
+    """Reports of six simulated subjects (8 mm) and their group, with truth."""
+    root = _relocate(group_dataset, tmp_path_factory.mktemp("reports") / "data")
+    glm = root / "derivatives" / "glm"
+    paths = write_reports(glm)
+    return glm, paths
+
+
+def _subjects(glm: Path) -> list[str]:
+    return sorted(p.name for p in (glm / layout.FIRST_LEVEL_DIR).glob("sub-*"))
+
+
+def _contrasts(glm: Path) -> list[str]:
+    names = (glm / layout.GROUP_LEVEL_DIR).glob("*_stat-z.nii.gz")
+    return sorted(layout.parse_name(p.name)["contrast"] for p in names)
+
+
+def test_one_report_per_subject_then_group_then_index(reports):
+    glm, paths = reports
+    expected = [glm / report_path(s) for s in _subjects(glm)]
+    expected += [glm / report_path("group"), glm / report_path("index")]
+    assert paths == expected
+    assert len(_subjects(glm)) == 6
+    assert all(path.stat().st_size > 0 for path in paths)
+
+
+def test_reports_are_self_contained(reports):
+    _, paths = reports
+    for path in paths:
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path.name
+        assert "<script" not in text and "<link" not in text, path.name
+        sources = re.findall(r'<img src="([^"]*)"', text)
+        assert all(s.startswith("data:image/png;base64,") for s in sources)
+        for href in re.findall(r'href="([^"]*)"', text):
+            assert href.startswith("#") or re.fullmatch(r"[a-z0-9-]+\.html", href)
+
+
+def _decoded_png_sizes(text: str) -> list[int]:
+    sources = re.findall(r'<img src="data:image/png;base64,([^"]*)"', text)
+    payloads = [base64.b64decode(source) for source in sources]
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in payloads)
+    return [len(p) for p in payloads]
+
+
+def test_subject_report_shows_design_maps_peaks_model_and_runs(reports):
+    glm, _ = reports
+    subject = "sub-01"
+    text = (glm / report_path(subject)).read_text()
+    contrasts = _contrasts(glm)
+    for contrast in contrasts:
+        assert f'id="contrast-{contrast}"' in text
+        assert f"{contrast} z map of {subject}" in text
+    # design figure + one glass brain per contrast
+    assert len(_decoded_png_sizes(text)) == 1 + len(contrasts)
+    design = (glm / layout.design_matrix_png(subject, TASK)).read_bytes()
+    assert base64.b64encode(design).decode() in text
+    sidecar = MapSidecar.model_validate_json(
+        (
+            glm
+            / layout.sidecar_of(
+                layout.first_level_map(subject, TASK, contrasts[0], "z")
+            )
+        ).read_text()
+    )
+    assert f"<td>{sidecar.Model.NoiseModel}</td>" in text
+    assert "Peak Stat" in text
+    for run in sidecar.Runs:
+        assert Path(run).name in text
+    assert "no framewise displacement found" not in text
+    assert "Mean FD (mm)" in text
+
+
+def test_subject_report_lists_the_strongest_peak(reports):
+    glm, _ = reports
+    contrast = "faceVsBaseline"
+    z = nib.load(glm / layout.first_level_map("01", TASK, contrast, "z"))
+    strongest = float(np.abs(np.asanyarray(z.dataobj)).max())
+    text = (glm / report_path("sub-01")).read_text()
+    block = text.split(f'id="contrast-{contrast}"')[1].split('id="contrast-')[0]
+    peaks = re.findall(r'<td class="num">(-?[0-9.]+)</td>', block)
+    assert f"{strongest:.3g}" in [value.lstrip("-") for value in peaks]
+
+
+def _group_block(text: str, contrast: str) -> str:
+    return text.split(f'id="contrast-{contrast}"')[1].split("</section>")[0]
+
+
+def test_group_report_shows_maps_corrections_clusters_and_subjects(reports):
+    glm, _ = reports
+    text = (glm / report_path("group")).read_text()
+    assert NULL_CALIBRATION_NOTE in text
+    for subject in _subjects(glm):
+        assert subject in text
+    for contrast in _contrasts(glm):
+        block = _group_block(text, contrast)
+        # uncorrected, FDR, FWE maps, then the truth overlays of FDR and FWE
+        assert len(_decoded_png_sizes(block)) == 5
+        for correction in layout.CORRECTIONS:
+            relative = layout.group_map(contrast, correction=correction)
+            info = MapSidecar.model_validate_json(
+                (glm / layout.sidecar_of(relative)).read_text()
+            ).Correction
+            assert info.Method in block
+            if info.ZThreshold is not None:
+                assert f"{info.ZThreshold:.3g}" in block
+            surviving = int(np.count_nonzero(nib.load(glm / relative).dataobj))
+            assert f'<td class="num">{surviving}</td>' in block
+            table = pd.read_csv(
+                glm / layout.cluster_table(contrast, correction), sep="\t"
+            )
+            assert f"Clusters, {correction.upper()}-corrected" in block
+            if len(table):
+                assert f"{table['Peak Stat'].iloc[0]:.3g}" in block
+
+
+def test_group_report_counts_hits_against_the_truth(reports):
+    glm, _ = reports
+    text = (glm / report_path("group")).read_text()
+    truth_dir = glm.parent / "truth" / "group"
+    mask = nib.load(glm / layout.group_mask()).get_fdata() > 0
+    total_hits = 0
+    for contrast in _contrasts(glm):
+        truth = nib.load(
+            truth_dir / f"group_task-{TASK}_contrast-{contrast}_truth-effect.nii.gz"
+        ).get_fdata()
+        block = _group_block(text, contrast).split("Recovered versus true effect")[1]
+        for correction in layout.CORRECTIONS:
+            z = nib.load(
+                glm / layout.group_map(contrast, correction=correction)
+            ).get_fdata()
+            found = (z != 0) & mask
+            true = (truth != 0) & mask
+            hits = int((found & true & (np.sign(z) == np.sign(truth))).sum())
+            row = re.search(
+                rf"<tr><td>{correction.upper()}</td>((?:<td[^>]*>[^<]*</td>)+)</tr>",
+                block,
+            )
+            cells = [int(c) for c in re.findall(r">(\d+)</td>", row.group(1))[:6]]
+            assert cells == [
+                int(true.sum()),
+                int(found.sum()),
+                hits,
+                int((true & ~found).sum()),
+                int((found & ~true).sum()),
+                int((found & true).sum()) - hits,
+            ], (contrast, correction)
+            total_hits += hits
+    # the simulated category regions are strong: the corrected maps find some
+    assert total_hits > 0
+
+
+def test_index_links_every_report(reports):
+    glm, paths = reports
+    text = (glm / report_path("index")).read_text()
+    for path in paths[:-1]:
+        assert f'href="{path.name}"' in text
+
+
+def test_high_motion_and_missing_confounds_are_flagged(reports):
+    glm, _ = reports
+    sidecar = MapSidecar.model_validate_json(
+        (
+            glm
+            / layout.sidecar_of(layout.first_level_map("02", TASK, "faceVsScene", "z"))
+        ).read_text()
+    )
+    folder = glm.parent.parent / Path(sidecar.Runs[0]).parent
+    originals = {
+        path: path.read_bytes()
+        for path in folder.glob("sub-02_*_desc-confounds_timeseries.tsv")
+    }
+    assert len(originals) == len(sidecar.Runs)
+    try:
+        for path in originals:
+            table = pd.read_csv(path, sep="\t", na_values="n/a")
+            table["framewise_displacement"] = 0.9
+            table.loc[0, "framewise_displacement"] = np.nan
+            table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+        text = write_subject_report(glm, "02", force=True).read_text()
+        assert "mean framewise displacement 0.90 mm exceeds" in text
+        assert f"move more than {HIGH_MOTION_FD_MM} mm" in text
+        assert "mean framewise displacement 0.90 mm" in write_index(glm).read_text()
+        for path in originals:
+            path.unlink()
+        text = write_subject_report(glm, "02", force=True).read_text()
+        assert text.count("no framewise displacement found") == len(sidecar.Runs)
+    finally:
+        for path, content in originals.items():
+            path.write_bytes(content)
+    text = write_subject_report(glm, "02", force=True).read_text()
+    assert "framewise displacement" not in text.split("Model and data")[0]
+    write_index(glm)
+
+
+def test_rerun_skips_reports_that_are_up_to_date(reports):
+    glm, paths = reports
+    subject_report = paths[0]
+    before = subject_report.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert write_reports(glm) == paths
+    assert subject_report.stat().st_mtime_ns == before
+    write_subject_report(glm, subject_report.stem, force=True)
+    assert subject_report.stat().st_mtime_ns > before
+
+
+# ---------------------------------------------------------------------------
+# Rendering in a real browser
+
+
+_CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+)
+
+
+class _Chromium:
+    """Headless Chromium driven through the DevTools protocol over a pipe.
+
+    ``--remote-debugging-pipe`` makes Chromium read commands on fd 3 and write
+    replies on fd 4 (JSON, NUL-terminated), so no driver package, network port
+    or browser download is needed.
+    """
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        commands_read, self._commands = os.pipe()
+        self._replies, replies_write = os.pipe()
+
+        def _wire_fds() -> None:
+            commands, replies = os.dup(commands_read), os.dup(replies_write)
+            os.dup2(commands, 3)
+            os.dup2(replies, 4)
+
+        self.process = subprocess.Popen(
+            [binary, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4),
+            preexec_fn=_wire_fds,
+        )
+        os.close(commands_read)
+        os.close(replies_write)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    def _receive(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self._replies], [], [], max(remaining, 0))
+            if not ready:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._replies, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + 60
+        while True:
+            reply = self._receive(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_for(self, method: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            if any(event.get("method") == method for event in self.events):
+                return next(e for e in self.events if e.get("method") == method)
+            self.events.append(self._receive(deadline))
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self._commands)
+        os.close(self._replies)
+
+
+def _chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _render(browser: _Chromium, page: Path, screenshot: Path) -> dict:
+    """Load ``page``; return its console errors, requests and images."""
+    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
+    session = browser.call("Target.attachToTarget", targetId=target, flatten=True)[
+        "sessionId"
+    ]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        browser.call(f"{domain}.enable", session)
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        session,
+        width=1200,
+        height=900,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    browser.events.clear()
+    browser.call("Page.navigate", session, url=page.as_uri())
+    browser.wait_for("Page.loadEventFired")
+    images = json.loads(
+        browser.call(
+            "Runtime.evaluate",
+            session,
+            expression="JSON.stringify(Array.from(document.images).map("
+            "i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth})))",
+            returnByValue=True,
+        )["result"]["value"]
+    )
+    png = browser.call("Page.captureScreenshot", session, format="png")["data"]
+    screenshot.write_bytes(base64.b64decode(png))
+    errors = [
+        event["params"]
+        for event in browser.events
+        if (
+            event.get("method") == "Runtime.consoleAPICalled"
+            and event["params"].get("type") in ("error", "assert")
+        )
+        or event.get("method") == "Runtime.exceptionThrown"
+        or (
+            event.get("method") == "Log.entryAdded"
+            and event["params"]["entry"].get("level") == "error"
+        )
+    ]
+    requests = [
+        event["params"]["request"]["url"]
+        for event in browser.events
+        if event.get("method") == "Network.requestWillBeSent"
+    ]
+    browser.call("Target.closeTarget", targetId=target)
+    return {"errors": errors, "requests": requests, "images": images}
+
+
+@pytest.mark.slow
+def test_reports_render_in_chromium_with_every_image(reports, tmp_path):
+    binary = _chromium_binary()
+    if binary is None:
+        pytest.skip("no Chromium binary on PATH (apt-get install -y chromium)")
+    _, paths = reports
+    browser = _Chromium(binary, tmp_path / "profile")
+    try:
+        for path in paths:
+            shot = tmp_path / f"{path.stem}.png"
+            rendered = _render(browser, path, shot)
+            assert rendered["errors"] == [], path.name
+            # the page itself; images are data URIs, nothing else is fetched
+            assert all(
+                url == path.as_uri() or url.startswith("data:")
+                for url in rendered["requests"]
+            ), rendered["requests"]
+            assert rendered["images"] or path.name == "index.html"
+            for image in rendered["images"]:
+                assert image["complete"] and image["width"] > 0, image["alt"]
+            assert shot.read_bytes().startswith(b"\x89PNG")
+            assert shot.stat().st_size > 5_000
+    finally:
+        browser.close()
