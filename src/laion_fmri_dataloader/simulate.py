@@ -71,9 +71,9 @@ Noise
     a Gaussian of FWHM 1.5 voxels and renormalised to unit variance.  Its
     standard deviation (percent) combines a physiological part that is larger
     in grey matter with a thermal part that scales with voxel volume
-    (``0.7 * (4 / resolution) ** 1.5``), so temporal SNR is about 75
-    (5th to 95th percentile 55 to 105) at 4 mm and about 45 at 2 mm, as in
-    3 T EPI.  Scanner drift is a sum
+    (``0.7 * (4 / resolution) ** 1.5``), so the median temporal SNR
+    of a run is about 50 to 75 at 4 mm (voxels range from about 50 to 105)
+    and about 40 at 2 mm, as in 3 T EPI.  Scanner drift is a sum
     of the first three discrete-cosine components (periods of at least
     ``2 * run duration / 3``, i.e. frequencies below nilearn's 0.01 Hz
     high-pass, which removes them), about 1 % in amplitude, global plus a
@@ -103,7 +103,10 @@ Determinism
     the seed, subject, session and run; smoothing uses fixed kernels, voxel
     sums are written as explicit element-wise arithmetic (no BLAS), and gzip
     is written with a zero timestamp and no file name, so the same seed gives
-    byte-identical files for the same numpy, scipy, nilearn and zlib.
+    byte-identical files with the same numpy, scipy, nilearn and zlib
+    versions.  Across CPUs, numpy's vectorised float64 ``exp`` (HRF and
+    smooth maps) may differ in the last bit, which can flip the last bit of a
+    float32 value; compressed bytes also depend on the zlib build.
 Memory
     A run is generated one volume at a time into a single float32 array that
     is written once; the peak is about one run's float32 size plus the
@@ -482,7 +485,7 @@ def simulate_dataset(
         default, 2.5 %, is a typical block-design FFA face response at 3 T
         (about 2 % in an average voxel after grey-matter weighting; the
         face-minus-scene difference is 0.8 of it).  With the default noise
-        (temporal SNR about 75 at 4 mm) and two runs, ``faceVsScene`` at
+        (median temporal SNR 50 to 75 at 4 mm) and two runs, ``faceVsScene`` at
         z > 3.1 finds most true face-selective voxels of one subject (about
         60 %, all of the central ones; the misses are at the taper) without
         being trivially huge.
