@@ -37,7 +37,16 @@ the gzip check raises :class:`~laion_fmri_dataloader.errors.CorruptFileError`
 at once (the stored object is bad; another try would not help).  A missing
 object raises :class:`~laion_fmri_dataloader.errors.NotFoundError`
 listing what the folder holds; anything else a
-:class:`~laion_fmri_dataloader.errors.RemoteError` naming the URL.
+:class:`~laion_fmri_dataloader.errors.RemoteError` naming the URL.  A server
+that hangs is bounded by the connect (5 s) and read (15 s) timeouts of s3fs
+on each try.
+
+Uploads
+-------
+:func:`upload_tree` sends a finished folder, one PUT per file (atomic in an
+object store), JSON sidecars only once every map is in.  :func:`staged_output`
+gives the pipeline a local folder and uploads it when the run ends well, one
+subject at a time, then the group, then ``dataset_description.json``.
 """
 
 from __future__ import annotations
