@@ -315,12 +315,12 @@ def test_every_loader_method_matches_the_local_folder(s3, cache):
     assert record["size"] == path.stat().st_size
     assert record["etag"]
     assert not list(cache.rglob("*.part"))
-    # Only what was asked for was downloaded, once: 13 maps (1 + 6 effects +
-    # 4 group + 1 for a sidecar + 1 variance), 2 sidecars and the figure.
+    # Only what was asked for was downloaded, once: 12 maps (1 + 6 effects +
+    # 4 group + 1 variance), 2 sidecars (without their maps) and the figure.
     downloads = [
         r for r in s3.proxy.requests if r.method == "GET" and "list-type" not in r.path
     ]
-    assert len(downloads) == len({r.path for r in downloads}) == 13 + 2 + 1
+    assert len(downloads) == len({r.path for r in downloads}) == 12 + 2 + 1
     assert all(r.signed for r in s3.proxy.requests)
 
 

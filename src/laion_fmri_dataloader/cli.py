@@ -40,12 +40,12 @@ def _info(args: argparse.Namespace) -> int:
                 f"  {subject} task-{task}: {len(contrasts)} contrasts "
                 f"({', '.join(contrasts)}); stat types: {', '.join(stats)}"
             )
-            for contrast in contrasts:
-                for stat in FIRST_LEVEL_STAT_TYPES:
-                    try:
-                        dataset.get_path(subject, task, contrast, stat)
-                    except LaionFmriError:
-                        missing.append(f"{subject} task-{task} {contrast} stat-{stat}")
+            missing += [
+                f"{subject} task-{task} {contrast} stat-{stat}"
+                for contrast in contrasts
+                for stat in FIRST_LEVEL_STAT_TYPES
+                if not dataset.has_map(subject, task, contrast, stat)
+            ]
     group_contrasts = dataset.contrasts() if dataset.stat_types() else []
     print(
         f"group level: {len(group_contrasts)} contrasts ({', '.join(group_contrasts)})"
@@ -54,13 +54,12 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  stat types: {', '.join(dataset.stat_types())}")
         print(f"  corrections: {', '.join(dataset.corrections()) or 'none'}")
     for contrast in group_contrasts:
-        for stat in GROUP_STAT_TYPES:
-            if stat not in dataset.stat_types():
-                continue
-            try:
-                dataset.get_path(None, contrast=contrast, stat_type=stat)
-            except LaionFmriError:
-                missing.append(f"group {contrast} stat-{stat}")
+        missing += [
+            f"group {contrast} stat-{stat}"
+            for stat in GROUP_STAT_TYPES
+            if stat in dataset.stat_types()
+            and not dataset.has_map(contrast=contrast, stat_type=stat)
+        ]
         for correction in dataset.corrections():
             if correction not in dataset.corrections(contrast):
                 missing.append(f"group {contrast} {correction}-corrected")

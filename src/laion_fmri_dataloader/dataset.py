@@ -206,17 +206,38 @@ class LAIONfMRIDataset:
         NotFoundError
             If the map does not exist; the message lists what does.
         """
-        if subject is None:
-            return self._group_path(contrast, stat_type, correction)
-        return self._first_level_path(subject, task, contrast, stat_type)
+        return self._store.local_path(
+            self._locate(subject, task, contrast, stat_type, correction)
+        )
 
-    def _first_level_path(
+    def has_map(
+        self,
+        subject: str | None = None,
+        task: str = "experiment",
+        contrast: str = "faceVsBaseline",
+        stat_type: str = "z",
+        correction: str | None = None,
+    ) -> bool:
+        """Whether a map exists (no download, even for a remote dataset)."""
+        if subject is None:
+            relative = layout.group_map(contrast, stat_type, correction)
+        else:
+            relative = layout.first_level_map(subject, task, contrast, stat_type)
+        return self._store.exists(relative)
+
+    def _locate(self, subject, task, contrast, stat_type, correction) -> PurePosixPath:
+        """Relative path of an existing map, or a NotFoundError listing what exists."""
+        if subject is None:
+            return self._group_relative(contrast, stat_type, correction)
+        return self._first_level_relative(subject, task, contrast, stat_type)
+
+    def _first_level_relative(
         self, subject: str, task: str, contrast: str, stat_type: str
-    ) -> Path:
+    ) -> PurePosixPath:
         relative = layout.first_level_map(subject, task, contrast, stat_type)
         label = self._subject(subject)
         if self._store.exists(relative):
-            return self._store.local_path(relative)
+            return relative
         if task not in self.tasks(subject):
             raise NotFoundError(
                 f"task '{task}' not found for sub-{label}; "
@@ -234,14 +255,14 @@ class LAIONfMRIDataset:
             + did_you_mean(stat_type, self.stat_types(subject, task))
         )
 
-    def _group_path(
+    def _group_relative(
         self, contrast: str, stat_type: str, correction: str | None
-    ) -> Path:
+    ) -> PurePosixPath:
         if correction is not None and stat_type != "z":
             layout.validate_choice(stat_type, ("z",), "stat_type of a corrected map")
         relative = layout.group_map(contrast, stat_type, correction)
         if self._store.exists(relative):
-            return self._store.local_path(relative)
+            return relative
         contrasts = order_contrast_names(
             entities["contrast"]
             for entities in self._group_files
@@ -293,7 +314,7 @@ class LAIONfMRIDataset:
             A 3D map in the subject's space, ready for ``nilearn.plotting``.
         """
         layout.validate_choice(stat_type, layout.FIRST_LEVEL_STAT_TYPES, "stat_type")
-        path = self._first_level_path(subject, task, contrast, stat_type)
+        path = self.get_path(subject, task, contrast, stat_type)
         return load_image(path, what="map")
 
     def load_all_contrasts(
@@ -339,7 +360,8 @@ class LAIONfMRIDataset:
             layout.validate_choice(correction, layout.CORRECTIONS, "correction")
         else:
             layout.validate_choice(stat_type, layout.GROUP_STAT_TYPES, "stat_type")
-        return load_image(self._group_path(contrast, stat_type, correction), what="map")
+        path = self.get_path(None, "experiment", contrast, stat_type, correction)
+        return load_image(path, what="map")
 
     def load_metadata(
         self,
@@ -350,15 +372,12 @@ class LAIONfMRIDataset:
         correction: str | None = None,
     ) -> MapSidecar:
         """The sidecar of a map, as a :class:`~.sidecar.MapSidecar`."""
-        path = self.get_path(subject, task, contrast, stat_type, correction)
-        if subject is None:
-            relative = layout.group_map(contrast, stat_type, correction)
-        else:
-            relative = layout.first_level_map(subject, task, contrast, stat_type)
+        relative = self._locate(subject, task, contrast, stat_type, correction)
         sidecar = layout.sidecar_of(relative)
         if not self._store.exists(sidecar):
             raise NotFoundError(
-                f"map {path} has no sidecar {self._store.describe(sidecar)}"
+                f"map {self._store.describe(relative)} has no sidecar "
+                f"{self._store.describe(sidecar)}"
             )
         text = self._store.local_path(sidecar).read_text(encoding="utf-8")
         return MapSidecar.model_validate_json(text)
