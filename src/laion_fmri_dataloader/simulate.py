@@ -143,12 +143,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import gzip
+import io
 import json
 import math
 import os
 import pathlib
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -200,7 +201,7 @@ _AR1_HALF_RANGE = 0.2
 _GLOBAL_AR1 = 0.95  # slow global fluctuation (respiration, arousal)
 _GLOBAL_SD = 0.25  # percent
 _OVERLAP_MAX_BYTES = 256 * 2**20  # runs up to this size are written in the background
-_GZIP_LEVEL = 1  # nibabel's default; random data does not compress anyway
+_GZIP_LEVEL = 1  # nibabel's default; noise does not compress anyway
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]+$")
 _MAX_RESOLUTION = 8.0
 
@@ -1132,21 +1133,58 @@ def _write_tsv(path: pathlib.Path, columns: dict[str, Sequence[Any]]) -> None:
     _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
+class _GzipWriter:
+    """Write-only gzip stream with a zero timestamp, for nibabel.
+
+    zlib's run-length strategy finds the long runs of zeros outside the brain
+    and does not search for repeats in the (random) brain voxels, which makes
+    it about twice as fast as gzip level 1 and a little smaller.
+    """
+
+    def __init__(self, raw_file: Any) -> None:
+        # wbits 31: a gzip header (mtime 0, no file name) and trailer
+        self._compressor = zlib.compressobj(
+            _GZIP_LEVEL, zlib.DEFLATED, 31, 8, zlib.Z_RLE
+        )
+        self._raw_file = raw_file
+        self._position = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._raw_file.write(self._compressor.compress(view))
+        self._position += view.nbytes
+        return view.nbytes
+
+    def read(self, size: int = -1) -> bytes:
+        raise io.UnsupportedOperation("write-only gzip stream")
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        # nibabel seeks to where it already is, or forward over zero padding
+        target = offset if whence == io.SEEK_SET else self._position + offset
+        if target < self._position:
+            raise io.UnsupportedOperation("cannot seek backwards in a gzip stream")
+        if target > self._position:
+            self.write(bytes(target - self._position))
+        return self._position
+
+    def flush(self) -> None:
+        self._raw_file.flush()
+
+    def close(self) -> None:
+        self._raw_file.write(self._compressor.flush())
+
+
 def _write_nifti(path: pathlib.Path, image: nib.Nifti1Image) -> None:
-    """Write a .nii.gz with a zero gzip timestamp and no embedded file name."""
+    """Write a .nii.gz deterministically (zero gzip timestamp, no file name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with (
-        open(temporary, "wb") as raw_file,
-        gzip.GzipFile(
-            filename="",
-            mode="wb",
-            fileobj=raw_file,
-            compresslevel=_GZIP_LEVEL,
-            mtime=0,
-        ) as stream,
-    ):
+    with open(temporary, "wb") as raw_file:
+        stream = _GzipWriter(raw_file)
         image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
+        stream.close()
     os.replace(temporary, path)
 
 
