@@ -44,10 +44,11 @@ def test_compare_with_truth_counts_inside_the_mask_only():
     comparison, labels = compare_with_truth(corrected, truth, mask)
     assert (comparison.n_true, comparison.hits, comparison.misses) == (3, 1, 1)
     assert (comparison.false_positives, comparison.sign_errors) == (1, 1)
+    assert (comparison.n_strong, comparison.strong_hits) == (3, 1)
     assert comparison.n_found == 3
     assert comparison.sensitivity == pytest.approx(1 / 3)
     assert comparison.false_discovery_proportion == pytest.approx(2 / 3)
-    assert labels.tolist() == [1, 2, 0, 3, 3, 0]
+    assert labels.tolist() == [1, 2, 0, 4, 4, 0]
 
 
 def test_compare_with_truth_rejects_other_shapes():
@@ -130,7 +131,9 @@ def test_reports_are_self_contained(reports):
         sources = re.findall(r'<img src="([^"]*)"', text)
         assert all(s.startswith("data:image/png;base64,") for s in sources)
         for href in re.findall(r'href="([^"]*)"', text):
-            assert href.startswith("#") or re.fullmatch(r"[a-z0-9-]+\.html", href)
+            assert href.startswith("#") or re.fullmatch(
+                r"[a-z0-9-]+\.html(#contrast-[A-Za-z0-9]+)?", href
+            )
 
 
 def _decoded_png_sizes(text: str) -> list[int]:
@@ -247,11 +250,15 @@ def test_group_report_counts_hits_against_the_truth(reports):
     assert total_hits > 0
 
 
-def test_index_links_every_report(reports):
+def test_index_links_every_report_and_summarises_the_group(reports):
     glm, paths = reports
     text = (glm / report_path("index")).read_text()
     for path in paths[:-1]:
         assert f'href="{path.name}"' in text
+    for contrast in _contrasts(glm):
+        fwe = nib.load(glm / layout.group_map(contrast, correction="fwe"))
+        row = text.split(f'href="group.html#contrast-{contrast}"')[1].split("</tr>")[0]
+        assert f'<td class="num">{np.count_nonzero(fwe.dataobj)}</td>' in row
 
 
 def test_high_motion_and_missing_confounds_are_flagged(reports):

@@ -53,6 +53,7 @@ __all__ = [
     "NULL_CALIBRATION_NOTE",
     "PEAK_Z_THRESHOLD",
     "REPORTS_DIR",
+    "STRONG_EFFECT_SHARE",
     "MotionSummary",
     "TruthComparison",
     "compare_with_truth",
@@ -243,7 +244,7 @@ class _GlassBrains:
         from matplotlib.figure import Figure
         from nilearn import plotting
 
-        self.figure = Figure(figsize=(8.0, 2.6))
+        self.figure = Figure(figsize=(9.0, 2.9))
         self.display = plotting.plot_glass_brain(
             None,
             display_mode="lzr",
@@ -308,7 +309,7 @@ class _GlassBrains:
             ticks = sorted({-vmax, vmax, *((-cut, cut) if cut else (0.0,))})
             bar.set_ticks(ticks, labels=[f"{tick:.3g}" for tick in ticks])
             bar.ax.tick_params(labelsize=8)
-            bar.set_label("z", fontsize=9)
+            bar_axes.set_title("z", fontsize=9)
             added.append(bar_axes)
         uri = _figure_uri(self.figure)
         for axes, artists in zip(self._axes, before, strict=True):
@@ -320,10 +321,12 @@ class _GlassBrains:
 
 
 _Z_COLOURMAP = "RdBu_r"
+#: Colours of the truth overlay, by label value 1, 2, 3, 4.
 _OVERLAY_COLOURS = {
-    "hit": "#1b9e77",
-    "miss": "#9aa5b1",
-    "false positive": "#d62728",
+    "hit": "#1a9850",
+    "miss (strong true effect)": "#2c7bb6",
+    "miss (weak tail)": "#abd9e9",
+    "false positive or wrong sign": "#d7191c",
 }
 
 
@@ -336,7 +339,7 @@ def _truth_overlay_uri(
     from matplotlib.patches import Patch
     from nilearn import plotting
 
-    figure = Figure(figsize=(9.0, 2.3))
+    figure = Figure(figsize=(9.5, 2.4))
     label_image = nib.Nifti1Image(labels.astype(np.int16), affine)
     colours = list(_OVERLAY_COLOURS.values())
     with warnings.catch_warnings():
@@ -351,11 +354,13 @@ def _truth_overlay_uri(
             vmax=len(colours) + 0.5,
             alpha=0.9,
             figure=figure,
-            title=title,
+            axes=(0.0, 0.1, 1.0, 0.8),
+            colorbar=False,
             draw_cross=False,
             black_bg=False,
             annotate=True,
         )
+    figure.suptitle(title, x=0.01, y=0.99, ha="left", fontsize=11)
     handles = [
         Patch(facecolor=colour, label=name) for name, colour in _OVERLAY_COLOURS.items()
     ]
@@ -365,7 +370,7 @@ def _truth_overlay_uri(
         ncol=len(handles),
         frameon=False,
         fontsize=9,
-        bbox_to_anchor=(0.5, -0.02),
+        bbox_to_anchor=(0.5, 0.0),
     )
     return _figure_uri(figure)
 
@@ -865,8 +870,14 @@ class TruthComparison:
     ----------
     n_true : int
         Voxels of the group mask with a non-zero true effect.
+    n_strong : int
+        True voxels whose effect is at least :data:`STRONG_EFFECT_SHARE` of
+        the largest |true effect|; the cores of the regions, where a test has
+        power, as opposed to their weak tails.
     hits : int
         True voxels found with the sign of the true effect.
+    strong_hits : int
+        Strong true voxels found with the right sign.
     misses : int
         True voxels not found.
     false_positives : int
@@ -876,7 +887,9 @@ class TruthComparison:
     """
 
     n_true: int
+    n_strong: int
     hits: int
+    strong_hits: int
     misses: int
     false_positives: int
     sign_errors: int
@@ -892,10 +905,19 @@ class TruthComparison:
         return self.hits / self.n_true if self.n_true else float("nan")
 
     @property
+    def strong_sensitivity(self) -> float:
+        """Share of strong true voxels found with the right sign."""
+        return self.strong_hits / self.n_strong if self.n_strong else float("nan")
+
+    @property
     def false_discovery_proportion(self) -> float:
         """Share of found voxels that are false positives or of the wrong sign."""
         wrong = self.false_positives + self.sign_errors
         return wrong / self.n_found if self.n_found else 0.0
+
+
+#: Share of the peak |true effect| from which a true voxel counts as strong.
+STRONG_EFFECT_SHARE = 0.5
 
 
 def compare_with_truth(
@@ -917,17 +939,20 @@ def compare_with_truth(
     comparison : TruthComparison
         The counts.
     labels : numpy.ndarray of int
-        1 hit, 2 miss, 3 false positive or wrong sign, 0 elsewhere.
+        1 hit, 2 miss of a strong true effect, 3 miss in a weak tail, 4 false
+        positive or wrong sign, 0 elsewhere.
 
     Examples
     --------
-    >>> found = np.array([2.0, 0.0, 3.0, -4.0])
-    >>> truth = np.array([1.0, 1.0, 0.0, 0.5])
-    >>> comparison, labels = compare_with_truth(found, truth, np.ones(4, bool))
+    >>> found = np.array([2.0, 0.0, 0.0, 3.0, -4.0])
+    >>> truth = np.array([1.0, 1.0, 0.2, 0.0, 0.5])
+    >>> comparison, labels = compare_with_truth(found, truth, np.ones(5, bool))
     >>> comparison.hits, comparison.misses, comparison.false_positives
-    (1, 1, 1)
-    >>> comparison.sign_errors, labels.tolist()
-    (1, [1, 2, 3, 3])
+    (1, 2, 1)
+    >>> comparison.n_strong, comparison.strong_hits, comparison.sign_errors
+    (3, 1, 1)
+    >>> labels.tolist()
+    [1, 2, 3, 4, 4]
     """
     if corrected.shape != true_effect.shape or corrected.shape != mask.shape:
         raise ValueError(
@@ -937,6 +962,8 @@ def compare_with_truth(
     mask = mask.astype(bool)
     found = (corrected != 0) & mask
     true = (true_effect != 0) & mask
+    peak = float(np.abs(true_effect[true]).max()) if true.any() else 0.0
+    strong = true & (np.abs(true_effect) >= STRONG_EFFECT_SHARE * peak)
     right_sign = np.sign(corrected) == np.sign(true_effect)
     hit = found & true & right_sign
     sign_error = found & true & ~right_sign
@@ -944,11 +971,14 @@ def compare_with_truth(
     false_positive = found & ~true
     labels = np.zeros(corrected.shape, dtype=np.int16)
     labels[hit] = 1
-    labels[miss] = 2
-    labels[false_positive | sign_error] = 3
+    labels[miss & strong] = 2
+    labels[miss & ~strong] = 3
+    labels[false_positive | sign_error] = 4
     comparison = TruthComparison(
         n_true=int(true.sum()),
+        n_strong=int(strong.sum()),
         hits=int(hit.sum()),
+        strong_hits=int((hit & strong).sum()),
         misses=int(miss.sum()),
         false_positives=int(false_positive.sum()),
         sign_errors=int(sign_error.sum()),
@@ -1013,7 +1043,9 @@ def _truth_section(
                 comparison.misses,
                 comparison.false_positives,
                 comparison.sign_errors,
-                round(100 * comparison.sensitivity, 1),
+                comparison.n_strong,
+                comparison.strong_hits,
+                round(100 * comparison.strong_sensitivity, 1),
                 round(100 * comparison.false_discovery_proportion, 1),
             ]
         )
@@ -1037,7 +1069,9 @@ def _truth_section(
             "Misses",
             "False positives",
             "Wrong sign",
-            "Sensitivity %",
+            "Strong true voxels",
+            "Strong hits",
+            "Strong found %",
             "False discovery proportion %",
         ],
         rows,
@@ -1046,8 +1080,11 @@ def _truth_section(
         "<h4>Recovered versus true effect (simulated data)</h4>"
         '<p class="note">True voxels: non-zero true effect in any subject, inside '
         "the group mask. A hit is a true voxel found with the true sign; a false "
-        "positive is a voxel found where the true effect is zero. Weak tails of "
-        "the true regions are expected misses.</p>" + table + "".join(figures)
+        "positive is a voxel found where the true effect is zero. Strong true "
+        "voxels have at least "
+        f"{100 * STRONG_EFFECT_SHARE:.0f}% of the largest true effect: the cores "
+        "of the regions; their weak tails, and regions that move between "
+        "subjects, are expected misses.</p>" + table + "".join(figures)
     )
 
 
@@ -1292,6 +1329,37 @@ def _group_contrast_html(
 # Index and entry point
 
 
+def _group_summary(root: Path) -> str:
+    """One line per contrast: peak |z| and the voxels each correction keeps."""
+    rows = []
+    for contrast in _group_contrasts(root):
+        z = np.asanyarray(nib.load(root / layout.group_map(contrast, "z")).dataobj)
+        row: list[object] = [
+            _Markup(_link(f"group.html#contrast-{contrast}", contrast)),
+            float(np.abs(z).max()),
+        ]
+        for correction in layout.CORRECTIONS:
+            relative = layout.group_map(contrast, correction=correction)
+            sidecar = _sidecar(root / layout.sidecar_of(relative))
+            info = sidecar.Correction if sidecar else None
+            row += [
+                _survivors(nib.load(root / relative)),
+                info.ZThreshold if info else None,
+            ]
+        rows.append(row)
+    return _table(
+        [
+            "Contrast",
+            "Peak |z|",
+            "FDR voxels",
+            "FDR |z| threshold",
+            "FWE voxels",
+            "FWE |z| threshold",
+        ],
+        rows,
+    )
+
+
 def write_index(
     glm_dir: str | Path, task: str = "experiment", group: bool = True
 ) -> Path:
@@ -1336,7 +1404,7 @@ def write_index(
     group_html = (
         f"<p>{_link('group.html', 'Group report')}: uncorrected, FDR- and "
         "FWE-corrected maps, cluster tables and, on simulated data, the "
-        "comparison with the truth.</p>"
+        "comparison with the truth.</p>" + _group_summary(root)
         if group
         else '<p class="note">No group level yet (run <code>laion-fmri glm '
         "BIDS_DIR OUTPUT_DIR group</code>).</p>"
