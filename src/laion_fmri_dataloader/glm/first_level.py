@@ -43,7 +43,12 @@ from laion_fmri_dataloader.contrasts import (
     contrast_vector,
 )
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.files import atomic_output, save_image, write_json
+from laion_fmri_dataloader.files import (
+    atomic_output,
+    load_masked_series,
+    save_image,
+    write_json,
+)
 from laion_fmri_dataloader.glm.design import ModelSettings, make_design, plot_designs
 from laion_fmri_dataloader.glm.engine import (
     ContrastResult,
@@ -264,13 +269,15 @@ def _intersect_masks(runs: Sequence[RunInputs]) -> tuple[np.ndarray, nib.Nifti1I
 
 
 def _fit_run(prepared: _PreparedRun, mask, vectors, smoothing_fwhm):
-    bold = read_bold(prepared.inputs.bold)
     if smoothing_fwhm:
         from nilearn.image import smooth_img
 
-        bold = smooth_img(bold, smoothing_fwhm)
-    data = masked_timeseries(bold, mask)
-    del bold
+        bold = smooth_img(read_bold(prepared.inputs.bold), smoothing_fwhm)
+        data = masked_timeseries(bold, mask)
+        del bold
+    else:
+        # Volume by volume: the run's full 4D array is never in memory.
+        data = load_masked_series(prepared.inputs.bold, mask, what="BOLD series")
     return fit_ar1_contrasts(data, prepared.design.to_numpy(), vectors)
 
 
