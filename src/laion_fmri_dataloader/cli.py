@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("output_dir")
     simulate.add_argument("--subjects", type=int, default=4)
-    simulate.add_argument("--runs", type=int, default=2, help="runs per subject")
+    simulate.add_argument("--runs", type=int, default=2, help="runs per session")
     simulate.add_argument(
         "--resolution", type=float, default=4.0, help="voxel size, mm"
     )
