@@ -1013,12 +1013,24 @@ def _truth_effect(
 
 
 def _cut_coords(labels: np.ndarray, affine: np.ndarray, count: int = 6) -> list[float]:
-    """Axial slices through the true and found voxels, evenly spread."""
-    z_index = np.nonzero(labels.any(axis=(0, 1)))[0]
-    if z_index.size == 0:
-        z_index = np.arange(labels.shape[2])
-    picks = np.unique(np.quantile(z_index, np.linspace(0.1, 0.9, count)).round())
-    return [float(affine[2, 2] * k + affine[2, 3]) for k in picks]
+    """Axial slices (mm) with the most hits, strong misses and false positives.
+
+    Weak tails are left out of the choice: they cover much of the brain and
+    would pull the slices away from where the test succeeds or fails.
+    """
+    telling = np.isin(labels, (1, 2, 4))
+    if not telling.any():
+        telling = labels > 0
+    per_slice = telling.sum(axis=(0, 1))
+    chosen: list[int] = []
+    for index in np.argsort(-per_slice, kind="stable"):
+        if per_slice[index] == 0 or len(chosen) == count:
+            break
+        if all(abs(int(index) - other) >= 2 for other in chosen):
+            chosen.append(int(index))
+    if not chosen:
+        chosen = [labels.shape[2] // 2]
+    return [float(affine[2, 2] * k + affine[2, 3]) for k in sorted(chosen)]
 
 
 def _truth_section(
