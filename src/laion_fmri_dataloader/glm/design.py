@@ -83,7 +83,11 @@ def plot_designs(designs: Sequence[pd.DataFrame], run_names: Sequence[str], titl
 
     n_runs = len(designs)
     n_columns = max(design.shape[1] for design in designs)
-    figure = Figure(figsize=(max(4.0, 0.32 * n_columns) * n_runs + 1.0, 6.5))
+    # constrained layout keeps the colour bar and the rotated labels clear of
+    # the panels, for one run or many
+    figure = Figure(
+        figsize=(max(4.0, 0.32 * n_columns) * n_runs + 1.0, 6.5), layout="constrained"
+    )
     axes = figure.subplots(1, n_runs, squeeze=False)[0]
     for ax, design, name in zip(axes, designs, run_names, strict=True):
         values = design.to_numpy(dtype=float)
@@ -104,5 +108,4 @@ def plot_designs(designs: Sequence[pd.DataFrame], run_names: Sequence[str], titl
         ax.tick_params(axis="y", labelsize=8)
     figure.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="scaled value")
     figure.suptitle(title, fontsize=12)
-    figure.subplots_adjust(bottom=0.28, top=0.9, wspace=0.35, left=0.06, right=0.92)
     return figure
