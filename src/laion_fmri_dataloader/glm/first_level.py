@@ -161,6 +161,29 @@ class _PreparedRun:
     repetition_time: float
 
 
+@dataclass
+class _Designs:
+    """The checked runs of a subject and what their events hold."""
+
+    runs: list[_PreparedRun]
+    conditions: list[str]
+    extras: list[str]
+    implicit_baseline: bool
+
+
+@dataclass
+class _SubjectFit:
+    """Everything that is written for a subject."""
+
+    designs: _Designs
+    combined: dict[str, ContrastResult]
+    fit_mask: np.ndarray
+    final_mask: np.ndarray
+    reference: nib.Nifti1Image
+    fingerprint: str
+    warnings: list[str]
+
+
 def masked_timeseries(bold: nib.Nifti1Image, mask: np.ndarray) -> np.ndarray:
     """Voxel time series inside ``mask`` as a float32 (n_volumes, n_voxels) array."""
     data = np.asanyarray(bold.dataobj)
@@ -220,7 +243,7 @@ def _check_conditions(
     return categories, extras, implicit_baseline
 
 
-def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]):
+def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]) -> _Designs:
     """Read and check every run's events, confounds and header; build designs."""
     events = [read_events(run.events, config.condition_map) for run in runs]
     conditions, extras, implicit_baseline = _check_conditions(config, runs, events)
@@ -246,7 +269,7 @@ def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]):
             )
         design = make_design(table, confounds, n_volumes, repetition_time, config.model)
         prepared.append(_PreparedRun(run, design, n_volumes, repetition_time))
-    return prepared, conditions, extras, implicit_baseline
+    return _Designs(prepared, conditions, extras, implicit_baseline)
 
 
 def _intersect_masks(runs: Sequence[RunInputs]) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -330,7 +353,8 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     if not config.force and _is_complete(config, label, fingerprint):
         log.info("sub-%s: outputs complete and up to date, skipped", label)
         return SubjectResult(f"sub-{label}", "skipped", len(runs))
-    prepared, conditions, extras, implicit_baseline = _prepare(config, runs)
+    designs = _prepare(config, runs)
+    prepared, extras = designs.runs, designs.extras
     mask, reference = _intersect_masks(runs)
     volumes = sorted({run.n_volumes for run in prepared})
     trs = sorted({run.repetition_time for run in prepared})
@@ -347,7 +371,7 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         else "",
     )
     warnings = []
-    if implicit_baseline:
+    if designs.implicit_baseline:
         warnings.append(
             "no 'baseline' trial type: contrasts against baseline use the "
             "implicit baseline"
@@ -357,7 +381,7 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         columns = list(run.design.columns)
         vectors = {
             name: contrast_vector(
-                contrast, columns, implicit_baseline=implicit_baseline
+                contrast, columns, implicit_baseline=designs.implicit_baseline
             )
             for name, contrast in config.contrasts.items()
         }
@@ -385,40 +409,18 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     final_mask[mask] = ~degenerate
     for warning in warnings:
         log.warning("sub-%s: %s", label, warning)
-    _write_subject(
-        config,
-        label,
-        prepared,
-        combined,
-        mask,
-        final_mask,
-        reference,
-        conditions,
-        extras,
-        implicit_baseline,
-        fingerprint,
-        warnings,
+    fit = _SubjectFit(
+        designs, combined, mask, final_mask, reference, fingerprint, warnings
     )
+    _write_subject(config, label, fit)
     return SubjectResult(f"sub-{label}", "done", len(prepared), warnings=warnings)
 
 
-def _write_subject(
-    config,
-    label,
-    prepared,
-    combined,
-    fit_mask,
-    final_mask,
-    reference,
-    conditions,
-    extras,
-    implicit_baseline,
-    fingerprint,
-    warnings,
-):
+def _write_subject(config: FirstLevelConfig, label: str, fit: _SubjectFit) -> None:
     root = Path(config.output_dir)
-    keep = final_mask[fit_mask]
-    all_conditions = [*conditions, *extras]
+    prepared, extras = fit.designs.runs, fit.designs.extras
+    keep = fit.final_mask[fit.fit_mask]
+    all_conditions = [*fit.designs.conditions, *extras]
     base = MapSidecar(
         AnalysisLevel="first",
         Subject=f"sub-{label}",
@@ -434,18 +436,18 @@ def _write_subject(
         Confounds=list(config.confounds),
         Conditions=all_conditions,
         ExtraConditions=extras,
-        ImplicitBaseline=implicit_baseline,
+        ImplicitBaseline=fit.designs.implicit_baseline,
         Runs=[_relative_to(run.inputs.bold, config.bids_dir) for run in prepared],
         Mask=str(layout.first_level_mask(label, config.task).name),
         Parameters={
             **config.parameters(),
-            "Fingerprint": fingerprint,
+            "Fingerprint": fit.fingerprint,
             "RepetitionTime": sorted({run.repetition_time for run in prepared}),
             "NumberOfVolumes": [run.n_volumes for run in prepared],
-            "Warnings": warnings,
+            "Warnings": fit.warnings,
         },
     )
-    header = reference.header.copy()
+    header = fit.reference.header.copy()
     header.set_data_dtype(np.float32)
     units = {
         "effect": "percent signal change",
@@ -462,12 +464,14 @@ def _write_subject(
         root / layout.design_matrix_png(label, config.task)
     ) as temporary:
         figure.savefig(temporary, dpi=90, format="png")
-    for name, result in combined.items():
+    for name, result in fit.combined.items():
         contrast = config.contrasts[name]
         for stat in layout.FIRST_LEVEL_STAT_TYPES:
             values = np.where(keep, getattr(result, stat), 0)
             relative = layout.first_level_map(label, config.task, name, stat)
-            image = nib.Nifti1Image(_volume(values, fit_mask), reference.affine, header)
+            image = nib.Nifti1Image(
+                _volume(values, fit.fit_mask), fit.reference.affine, header
+            )
             image.header.set_xyzt_units("mm", "sec")
             save_image(image, root / relative)
             sidecar = base.model_copy(
@@ -484,7 +488,7 @@ def _write_subject(
             )
             write_json(sidecar, root / layout.sidecar_of(relative))
     mask_path = layout.first_level_mask(label, config.task)
-    mask_image = nib.Nifti1Image(final_mask.astype(np.uint8), reference.affine)
+    mask_image = nib.Nifti1Image(fit.final_mask.astype(np.uint8), fit.reference.affine)
     save_image(mask_image, root / mask_path)
     write_json(
         base.model_copy(update={"StatType": "mask"}),
