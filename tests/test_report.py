@@ -9,6 +9,7 @@ import re
 import select
 import shutil
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -490,3 +491,40 @@ def test_reports_render_in_chromium_with_every_image(reports, tmp_path):
             assert shot.stat().st_size > 5_000
     finally:
         browser.close()
+
+
+# ---------------------------------------------------------------------------
+# The demo
+
+
+@pytest.mark.slow
+def test_demo_runs_prints_a_working_snippet_and_reuses_its_work(
+    tmp_path, monkeypatch, capsys
+):
+    from laion_fmri_dataloader import demo
+    from laion_fmri_dataloader.simulate import SimulationConfig
+
+    small = SimulationConfig(subjects=6, runs=1, resolution=8.0, n_volumes=60, seed=2)
+    monkeypatch.setattr(demo, "demo_simulation", lambda: small)
+    monkeypatch.chdir(tmp_path)
+    assert demo.run_demo("data", scheduler="none") == 0
+    printed = capsys.readouterr().out
+    glm = Path("data") / layout.DERIVATIVE_SUBDIR
+    index = glm / report_path("index")
+    assert str(index) in printed
+    snippet = textwrap.dedent(printed.split("Load the results in Python:")[1])
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert namespace["fwe"].shape == namespace["z"].shape
+    assert "sign-flip permutation" in capsys.readouterr().out
+    made = {
+        path: path.stat().st_mtime_ns
+        for path in [
+            Path("data/derivatives/truth/simulation.json"),
+            glm / layout.group_map("faceVsScene", "z"),
+            glm / report_path("group"),
+            glm / report_path("sub-01"),
+        ]
+    }
+    assert demo.run_demo("data", scheduler="none") == 0
+    assert {path: path.stat().st_mtime_ns for path in made} == made

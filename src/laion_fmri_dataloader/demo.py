@@ -17,8 +17,13 @@ from pathlib import Path
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.glm.first_level import FirstLevelConfig
+from laion_fmri_dataloader.glm.group_level import GroupConfig, run_group
+from laion_fmri_dataloader.report import report_path, write_reports
+from laion_fmri_dataloader.run import run_participants, select_subjects
+from laion_fmri_dataloader.simulate import SimulationConfig, simulate_dataset
 
-__all__ = ["DEMO_SUBJECTS", "default_scheduler", "run_demo"]
+__all__ = ["DEMO_SUBJECTS", "default_scheduler", "demo_simulation", "run_demo"]
 
 log = logging.getLogger("laion_fmri")
 
@@ -40,6 +45,11 @@ def default_scheduler() -> str:
         return "none"
     needed = ("map_subjects", "distributed_sign_flip")
     return "local" if all(hasattr(scheduling, name) for name in needed) else "none"
+
+
+def demo_simulation() -> SimulationConfig:
+    """The demo's simulation: the default dataset with :data:`DEMO_SUBJECTS`."""
+    return SimulationConfig(subjects=DEMO_SUBJECTS)
 
 
 def _simulation_is_complete(directory: Path, parameters: dict) -> bool:
@@ -78,22 +88,16 @@ def run_demo(
     InputError
         If a subject fails at the first level (the command line exits with 2).
     """
-    from laion_fmri_dataloader.glm.first_level import FirstLevelConfig
-    from laion_fmri_dataloader.glm.group_level import GroupConfig, run_group
-    from laion_fmri_dataloader.report import report_path, write_reports
-    from laion_fmri_dataloader.run import run_participants, select_subjects
-    from laion_fmri_dataloader.simulate import SimulationConfig, simulate_dataset
-
     start = time.monotonic()
     directory = Path(directory)
     scheduler = scheduler or default_scheduler()
     glm_dir = directory / layout.DERIVATIVE_SUBDIR
-    simulation = SimulationConfig(subjects=DEMO_SUBJECTS)
+    simulation = demo_simulation()
     log.info(
         "demo: the default simulated localizer with %d subjects instead of %d, so "
         "that the sign-flip permutation FWE test can reach alpha 0.05 (with N "
         "subjects its smallest two-sided p is 2/2^N; N >= 6 is needed)",
-        DEMO_SUBJECTS,
+        simulation.subjects,
         SimulationConfig().subjects,
     )
     if _simulation_is_complete(directory, simulation.to_dict()):

@@ -26,6 +26,7 @@ import html
 import io
 import json
 import logging
+import threading
 import urllib.parse
 import warnings
 from collections.abc import Iterable, Sequence
@@ -321,6 +322,16 @@ class _GlassBrains:
 
 
 _Z_COLOURMAP = "RdBu_r"
+_PER_THREAD = threading.local()
+
+
+def _glass_brains() -> _GlassBrains:
+    """This thread's glass-brain figure, so the outline is drawn once per thread."""
+    if not hasattr(_PER_THREAD, "glass_brains"):
+        _PER_THREAD.glass_brains = _GlassBrains()
+    return _PER_THREAD.glass_brains
+
+
 #: Colours of the truth overlay, by label value 1, 2, 3, 4.
 _OVERLAY_COLOURS = {
     "hit": "#1a9850",
@@ -642,11 +653,19 @@ def _peaks_table(image: nib.Nifti1Image) -> str:
     kept, n_clusters = _strongest_clusters(data, PEAK_Z_THRESHOLD, MAX_CLUSTERS)
     if n_clusters == 0:
         return f'<p class="note">No voxel with |z| &gt; {PEAK_Z_THRESHOLD}.</p>'
+    # nilearn's cost grows with the volume, so the table is made on the box
+    # around the kept clusters (one empty voxel of margin), its affine shifted.
+    inside = np.argwhere(kept != 0)
+    low = np.maximum(inside.min(axis=0) - 1, 0)
+    high = np.minimum(inside.max(axis=0) + 2, kept.shape)
+    box = kept[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    affine = image.affine.copy()
+    affine[:3, 3] = image.affine[:3, :3] @ low + image.affine[:3, 3]
     with warnings.catch_warnings():
         # nilearn warns when one sign has no cluster; the table shows it.
         warnings.simplefilter("ignore")
         table = cluster_table(
-            nib.Nifti1Image(kept, image.affine), PEAK_Z_THRESHOLD, two_sided=True
+            nib.Nifti1Image(box, affine), PEAK_Z_THRESHOLD, two_sided=True
         )
     listed = min(n_clusters, MAX_CLUSTERS)
     what = (
@@ -803,7 +822,7 @@ def _subject_html(root: Path, info: _Subject, task: str) -> str:
         else '<p class="warn">The design-matrix figure is missing.</p>'
     )
     maps = []
-    brains = _GlassBrains()
+    brains = _glass_brains()
     for contrast in info.contrasts:
         image = nib.load(root / layout.first_level_map(label, task, contrast, "z"))
         contrast_sidecar = _sidecar(
@@ -1218,7 +1237,7 @@ def _group_html(
         ]
     )
     truth_known = truth_dir is not None and (truth_dir / "group").is_dir()
-    brains = _GlassBrains()
+    brains = _glass_brains()
     blocks = [
         _group_contrast_html(root, contrast, task, truth_dir, mask, brains)
         for contrast in contrasts
