@@ -12,7 +12,7 @@ drift), then fits the six standard contrasts with
   ``compute_contrast(output_type="all")``.
 
 Every method runs in a fresh subprocess that loads the same float32 array, so
-the peak resident memory (``ru_maxrss``, which sees BLAS buffers that
+the peak resident memory (``VmHWM``, which sees BLAS buffers that
 tracemalloc misses) is the method's own.  The parent checks agreement on z,
 effect and t, and prints one row as a dict (``--json`` also writes it).
 
@@ -108,6 +108,16 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM is this process's own peak; ru_maxrss also counts the parent's
+    # memory at the fork, which inflates it when a large process (run.py)
+    # starts the worker.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

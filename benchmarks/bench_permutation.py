@@ -1,7 +1,7 @@
 """Benchmark: sign-flip max-T permutation test against nilearn's ``permuted_ols``.
 
 Both run on the same null group data (standard normal effects, one map per
-subject) in fresh subprocesses, so that each peak resident memory (``ru_maxrss``)
+subject) in fresh subprocesses, so that each peak resident memory (``VmHWM``)
 is its own. nilearn is run with fewer permutations (``--nilearn-perm``) and its time
 extrapolated linearly to ``--n-perm``: its fixed cost (a run with ``n_perm=0``)
 plus the per-permutation cost times ``--n-perm``. Its FWE cutoff is the 95th
@@ -36,7 +36,16 @@ def make_effects(n_subjects: int, n_voxels: int, seed: int) -> np.ndarray:
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
+    # VmHWM is this process's own peak; ru_maxrss also counts the parent's
+    # memory at the fork, which inflates it when a large process (run.py)
+    # starts the worker.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
