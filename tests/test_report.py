@@ -114,6 +114,7 @@ def _contrasts(glm: Path) -> list[str]:
     return sorted(layout.parse_name(p.name)["contrast"] for p in names)
 
 
+@pytest.mark.slow
 def test_one_report_per_subject_then_group_then_index(reports):
     glm, paths = reports
     expected = [glm / report_path(s) for s in _subjects(glm)]
@@ -123,6 +124,7 @@ def test_one_report_per_subject_then_group_then_index(reports):
     assert all(path.stat().st_size > 0 for path in paths)
 
 
+@pytest.mark.slow
 def test_reports_are_self_contained(reports):
     _, paths = reports
     for path in paths:
@@ -144,6 +146,7 @@ def _decoded_png_sizes(text: str) -> list[int]:
     return [len(p) for p in payloads]
 
 
+@pytest.mark.slow
 def test_subject_report_shows_design_maps_peaks_model_and_runs(reports):
     glm, _ = reports
     subject = "sub-01"
@@ -172,6 +175,7 @@ def test_subject_report_shows_design_maps_peaks_model_and_runs(reports):
     assert "Mean FD (mm)" in text
 
 
+@pytest.mark.slow
 def test_subject_report_lists_the_strongest_peak(reports):
     glm, _ = reports
     contrast = "faceVsBaseline"
@@ -187,6 +191,7 @@ def _group_block(text: str, contrast: str) -> str:
     return text.split(f'id="contrast-{contrast}"')[1].split("</section>")[0]
 
 
+@pytest.mark.slow
 def test_group_report_shows_maps_corrections_clusters_and_subjects(reports):
     glm, _ = reports
     text = (glm / report_path("group")).read_text()
@@ -215,6 +220,7 @@ def test_group_report_shows_maps_corrections_clusters_and_subjects(reports):
                 assert f"{table['Peak Stat'].iloc[0]:.3g}" in block
 
 
+@pytest.mark.slow
 def test_group_report_counts_hits_against_the_truth(reports):
     glm, _ = reports
     text = (glm / report_path("group")).read_text()
@@ -251,6 +257,7 @@ def test_group_report_counts_hits_against_the_truth(reports):
     assert total_hits > 0
 
 
+@pytest.mark.slow
 def test_index_links_every_report_and_summarises_the_group(reports):
     glm, paths = reports
     text = (glm / report_path("index")).read_text()
@@ -262,6 +269,7 @@ def test_index_links_every_report_and_summarises_the_group(reports):
         assert f'<td class="num">{np.count_nonzero(fwe.dataobj)}</td>' in row
 
 
+@pytest.mark.slow
 def test_high_motion_and_missing_confounds_are_flagged(reports):
     glm, _ = reports
     sidecar = MapSidecar.model_validate_json(
@@ -298,6 +306,7 @@ def test_high_motion_and_missing_confounds_are_flagged(reports):
     write_index(glm)
 
 
+@pytest.mark.slow
 def test_rerun_skips_reports_that_are_up_to_date(reports):
     glm, paths = reports
     subject_report = paths[0]

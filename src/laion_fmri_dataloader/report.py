@@ -1245,6 +1245,7 @@ def _group_html(
     nav = " ".join(
         [_link("index.html", "All reports")]
         + [_link(f"#contrast-{c}", c) for c in contrasts]
+        + [_link("#analysis", "Analysis")]
     )
     calibration = (
         "<p>Maps: the uncorrected z map at |z| &gt; "
@@ -1267,8 +1268,9 @@ def _group_html(
         f"{len(contrasts)} contrasts",
         nav,
         [
-            _section("Analysis", summary + calibration),
+            _section("Results at a glance", _group_summary(root) + calibration),
             *blocks,
+            _section("Analysis", summary, anchor="analysis"),
         ],
     )
 
@@ -1360,13 +1362,16 @@ def _group_contrast_html(
 # Index and entry point
 
 
-def _group_summary(root: Path) -> str:
-    """One line per contrast: peak |z| and the voxels each correction keeps."""
+def _group_summary(root: Path, page: str = "") -> str:
+    """One line per contrast: peak |z| and the voxels each correction keeps.
+
+    ``page`` is the file the contrast links point into ("" for this page).
+    """
     rows = []
     for contrast in _group_contrasts(root):
         z = np.asanyarray(nib.load(root / layout.group_map(contrast, "z")).dataobj)
         row: list[object] = [
-            _Markup(_link(f"group.html#contrast-{contrast}", contrast)),
+            _Markup(_link(f"{page}#contrast-{contrast}", contrast)),
             float(np.abs(z).max()),
         ]
         for correction in layout.CORRECTIONS:
@@ -1435,7 +1440,7 @@ def write_index(
     group_html = (
         f"<p>{_link('group.html', 'Group report')}: uncorrected, FDR- and "
         "FWE-corrected maps, cluster tables and, on simulated data, the "
-        "comparison with the truth.</p>" + _group_summary(root)
+        "comparison with the truth.</p>" + _group_summary(root, "group.html")
         if group
         else '<p class="note">No group level yet (run <code>laion-fmri glm '
         "BIDS_DIR OUTPUT_DIR group</code>).</p>"
