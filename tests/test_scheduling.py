@@ -340,6 +340,22 @@ def test_task_bug_becomes_failed_result(scheduler_address, tmp_path, caplog):
     assert "Traceback" in caplog.text and "deliberate bug" in caplog.text
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_task_that_kills_its_worker_fails_alone(tmp_path):
+    def fit(config, subject):
+        if subject == "02":
+            os._exit(1)  # as the kernel's OOM killer would end the worker
+        return SubjectResult(f"sub-{subject}", "done")
+
+    # Dask's default allowed failures (3): the task kills four workers in turn.
+    results = map_subjects(
+        fit, tmp_path, ["01", "02", "03"], scheduler="local", workers=1
+    )
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert "the worker fitting sub-02 died 4 time(s)" in results[1].message
+
+
 def _effects(n_subjects: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     effects = rng.normal(size=(n_subjects, 3000))
@@ -528,18 +544,21 @@ def test_slurm_job_script_has_requested_options():
     ):
         assert line in script.splitlines()
     assert "--nthreads 4 --memory-limit 6.00GiB" in script
+    assert "--resources subject=4" in script
     assert "--nworkers" not in script  # one worker process per job
 
     settings = {
         "jobqueue.slurm.account": "fromconfig",
         "jobqueue.slurm.memory": "3GiB",
         "jobqueue.slurm.job-extra-directives": ["--qos=low"],
+        "jobqueue.slurm.worker-extra-args": ["--lifetime", "55m"],
     }
     with dask.config.set(settings):
         kwargs = slurm_cluster_kwargs(slurm_walltime="00:10:00")
         kwargs["scheduler_options"]["host"] = "127.0.0.1"
         with SLURMCluster(**kwargs) as cluster:
-            lines = cluster.job_script().splitlines()
+            script = cluster.job_script()
+    lines = script.splitlines()
     for line in (
         "#SBATCH -A fromconfig",
         "#SBATCH --mem=3G",
@@ -547,3 +566,4 @@ def test_slurm_job_script_has_requested_options():
         "#SBATCH -t 00:10:00",
     ):
         assert line in lines
+    assert "--lifetime 55m --resources subject=1" in script

@@ -16,7 +16,9 @@ itself, which makes an interrupted run resumable by running it again.
 
 :func:`distributed_sign_flip` computes the chunks of a sign-flip permutation test
 on the workers and reduces them on the client, with the result of
-:func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t` bit for bit.
+:func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t` bit for bit (on
+``"local"`` it runs in this process, where that function already uses every
+core).
 
 Workers must see the input and output folders at the same paths as the client
 (a shared file system on a cluster).
@@ -78,6 +80,13 @@ _NAMED_SCHEDULERS = ("local", "slurm")
 # Tasks per worker thread of a permutation test: a few per thread balance
 # workers of unequal speed at a negligible cost per task.
 _TASKS_PER_THREAD = 4
+
+# A worker resource, one unit per thread, that every first-level task holds on
+# the clusters this module starts: the scheduler then gives a worker its next
+# subject only once it knows the last one finished.  Without it Dask queues
+# subjects on workers ahead of time, and a worker that dies (out of memory, say)
+# counts as a failure of every subject queued on it, not only the one it fitted.
+_SUBJECT_RESOURCE = "subject"
 
 # Clients of the open_client blocks being executed, by their arguments.
 _OPEN_CLIENTS: dict[tuple, Client] = {}
@@ -192,6 +201,12 @@ def slurm_cluster_kwargs(
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
         raise InputError(f"--slurm-cores must be a whole number >= 1; got {cores!r}")
     kwargs["cores"] = cores
+    # Passing worker_extra_args replaces the configured ones, so extend them.
+    kwargs["worker_extra_args"] = [
+        *(dask.config.get("jobqueue.slurm.worker-extra-args", None) or []),
+        "--resources",
+        f"{_SUBJECT_RESOURCE}={cores}",
+    ]
     if slurm_walltime is not None:
         if not _WALLTIME.match(str(slurm_walltime)):
             raise InputError(
@@ -249,6 +264,7 @@ def _local_client(
             threads_per_worker=1,
             processes=True,
             memory_limit=memory_limit,
+            resources={_SUBJECT_RESOURCE: 1},
             host="127.0.0.1",
             # A free port: 8787 is often taken on a shared machine.
             dashboard_address="127.0.0.1:0",
@@ -483,7 +499,7 @@ def _result_of(future, subject: str) -> SubjectResult:
         return SubjectResult(
             subject,
             "failed",
-            message=f"the worker fitting {subject} died {allowed + 1} times "
+            message=f"the worker fitting {subject} died {allowed + 1} time(s) "
             "(out of memory? give workers more with --memory-per-worker)",
         )
     except Exception as error:
@@ -548,6 +564,8 @@ def map_subjects(
     # Keys unique to this run: a long-lived scheduler may remember earlier runs.
     token = uuid.uuid4().hex[:8]
     results: dict[str, SubjectResult] = {}
+    # Workers of a scheduler given by address may not declare the resource.
+    resources = {_SUBJECT_RESOURCE: 1} if scheduler in _NAMED_SCHEDULERS else None
     with open_client(scheduler, **options) as client:
         futures = {
             client.submit(
@@ -557,6 +575,7 @@ def map_subjects(
                 key=f"first-level-sub-{label}-{token}",
                 pure=False,
                 retries=2,
+                resources=resources,
             ): f"sub-{label}"
             for label in labels
         }
