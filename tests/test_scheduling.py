@@ -490,11 +490,9 @@ for id in "$@"; do kill -TERM -- "-$(cat "$FAKE_SLURM_DIR/job-$id.pid")"; done
 """
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_slurm_scheduler_runs_jobs_to_the_end(
-    dataset, reference, tmp_path, monkeypatch
-):
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """A folder of stand-in SLURM commands, first on PATH; jobs leave files there."""
     bin_dir = tmp_path / "slurm"
     bin_dir.mkdir()
     for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
@@ -502,21 +500,43 @@ def test_slurm_scheduler_runs_jobs_to_the_end(
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("FAKE_SLURM_DIR", str(bin_dir))
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    output_dir = tmp_path / "glm"
-    options = ["--workers", "2", "--memory-per-worker", "2GiB", "--slurm-cores", "1"]
     with dask.config.set({"jobqueue.slurm.scheduler-options": {"host": "127.0.0.1"}}):
-        code = _participant(dataset, output_dir, "--scheduler", "slurm", *options)
-    assert code == 0
-    _assert_same_outputs(_nifti_bytes(output_dir), reference)
-    scripts = sorted(bin_dir.glob("job-*.sh"))
-    assert len(scripts) == 2
-    assert "#SBATCH --mem=2G" in scripts[0].read_text()
+        yield bin_dir
     # scancel stopped every job: setsid made them orphans, so check by pid.
     job_pids = [int(path.read_text()) for path in bin_dir.glob("job-*.pid")]
     deadline = time.monotonic() + 30
     while any(psutil.pid_exists(pid) for pid in job_pids):
         assert time.monotonic() < deadline, "SLURM jobs left running"
         time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_slurm_scheduler_runs_jobs_to_the_end(dataset, reference, tmp_path, fake_slurm):
+    output_dir = tmp_path / "glm"
+    options = ["--workers", "2", "--memory-per-worker", "2GiB", "--slurm-cores", "1"]
+    code = _participant(dataset, output_dir, "--scheduler", "slurm", *options)
+    assert code == 0
+    _assert_same_outputs(_nifti_bytes(output_dir), reference)
+    scripts = sorted(fake_slurm.glob("job-*.sh"))
+    assert len(scripts) == 2
+    assert "#SBATCH --mem=2G" in scripts[0].read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_slurm_job_that_ends_is_replaced(fake_slurm):
+    options = {"workers": 2, "memory_per_worker": "2GiB", "slurm_cores": 1}
+    with open_client("slurm", **options) as client:
+        client.wait_for_workers(2, timeout=60)
+        (first, _) = sorted(fake_slurm.glob("job-*.pid"))
+        # As SLURM ends a job at its walltime or when its node fails.
+        os.killpg(int(first.read_text()), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(list(fake_slurm.glob("job-*.pid"))) < 3:
+            assert time.monotonic() < deadline, "no job replaced the one that ended"
+            time.sleep(0.2)
+        client.wait_for_workers(2, timeout=60)
 
 
 @pytest.mark.timeout(60)

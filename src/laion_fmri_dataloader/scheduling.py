@@ -311,9 +311,12 @@ def _slurm_client(workers: int | None, **slurm_options) -> Iterator[Client]:
         ) from error
     n_jobs = workers or 1
     with cluster, Client(cluster) as client:
-        cluster.scale(jobs=n_jobs)
+        # Adaptive with a fixed size rather than scale(): a job that ends (its
+        # walltime, a node failure) is replaced, and its tasks rerun there.
+        cluster.adapt(minimum_jobs=n_jobs, maximum_jobs=n_jobs)
         log.info(
-            "submitted %d SLURM job%s (one Dask worker each); tasks start as jobs run",
+            "keeping %d SLURM job%s (one Dask worker each) running; tasks start as "
+            "jobs do",
             n_jobs,
             "" if n_jobs == 1 else "s",
         )
