@@ -349,6 +349,10 @@ class _Chromium:
         self._replies, replies_write = os.pipe()
 
         def _wire_fds() -> None:
+            # Runs in the child before exec: copies the pipe ends to fds 3 and
+            # 4 (dup2 makes them inheritable); every other descriptor of this
+            # process is close-on-exec, as Python opens them.  The first dup
+            # takes the lowest free descriptor, so neither copy is overwritten.
             commands, replies = os.dup(commands_read), os.dup(replies_write)
             os.dup2(commands, 3)
             os.dup2(replies, 4)
@@ -358,7 +362,7 @@ class _Chromium:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4),
+            close_fds=False,
             preexec_fn=_wire_fds,
         )
         os.close(commands_read)
