@@ -31,6 +31,7 @@ def _simulate_and_fit(root, *, levels=("participant",), **options):
                 level,
                 "--scheduler",
                 "none",
+                *(("--no-reports",) if level == "group" else ()),
             ]
         )
         assert code == 0, f"{level} level failed"

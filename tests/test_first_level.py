@@ -8,7 +8,6 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pytest
 
 from laion_fmri_dataloader import LAIONfMRIDataset, layout
 from laion_fmri_dataloader.bids_input import DEFAULT_CONFOUNDS, find_runs
@@ -49,7 +48,9 @@ def _nilearn_run_fit(run, mask_img):
     model.fit(bold, events=events, confounds=confounds)
     columns = list(model.design_matrices_[0].columns)
     return {
-        name: model.compute_contrast(contrast_vector(contrast, columns), output_type="all")
+        name: model.compute_contrast(
+            contrast_vector(contrast, columns), output_type="all"
+        )
         for name, contrast in STANDARD_CONTRASTS.items()
     }
 
@@ -73,7 +74,9 @@ def test_single_run_agrees_with_nilearn(one_run_dataset):
         z = _ours(one_run_dataset, name, "z")[mask]
         assert np.max(np.abs(z - z_ref)) < 1e-3, name
         t_ref = outputs["stat"].get_fdata()[mask]
-        np.testing.assert_allclose(_ours(one_run_dataset, name, "t")[mask], t_ref, atol=1e-3)
+        np.testing.assert_allclose(
+            _ours(one_run_dataset, name, "t")[mask], t_ref, atol=1e-3
+        )
         effect_ref = outputs["effect_size"].get_fdata()[mask]
         scale = np.abs(effect_ref).max()
         effect = _ours(one_run_dataset, name, "effect")[mask]
@@ -139,7 +142,10 @@ def test_sidecars_and_layout(one_run_dataset):
             info = sidecar.Contrasts[name]
             weights = dict(zip(info.Conditions, info.Weights, strict=True))
             assert weights == contrast.weights
-            assert {s.Name for s in sidecar.Software} >= {"laion-fmri-dataloader", "nilearn"}
+            assert {s.Name for s in sidecar.Software} >= {
+                "laion-fmri-dataloader",
+                "nilearn",
+            }
             assert len(sidecar.Runs) == 1
             assert sidecar.DegreesOfFreedom > 50
     png = glm / layout.design_matrix_png("01", "experiment")
@@ -155,7 +161,6 @@ def test_z_does_not_saturate_and_maps_are_finite(one_run_dataset):
 def test_truth_recovery_face_vs_scene(tmp_path_factory):
     """A realistic simulated subject: faceVsScene at z > 3.1 finds the face areas."""
     from conftest import _simulate_and_fit
-
     from laion_fmri_dataloader.simulate import load_truth
 
     dataset = _simulate_and_fit(
@@ -170,7 +175,9 @@ def test_truth_recovery_face_vs_scene(tmp_path_factory):
     detected = z > 3.1
     sensitivity = detected[face_selective].mean()
     false_positive_rate = detected[outside].mean()
-    print(f"sensitivity {sensitivity:.3f}, false-positive rate {false_positive_rate:.5f}")
+    print(
+        f"sensitivity {sensitivity:.3f}, false-positive rate {false_positive_rate:.5f}"
+    )
     assert sensitivity > 0.75
     # Nominal P(z > 3.1) is 0.001; nilearn's AR(1) estimate (which we match) is
     # biased toward zero with ~20 regressors and 160 volumes, so the first-level z
@@ -181,9 +188,11 @@ def test_truth_recovery_face_vs_scene(tmp_path_factory):
 def test_loader_example_on_pipeline_output(group_dataset):
     from test_dataset import run_seed_example
 
-    contrast_img, all_contrasts, group_contrast, group_fdr = run_seed_example(group_dataset)
+    contrast_img, all_contrasts, group_contrast, group_fdr = run_seed_example(
+        group_dataset
+    )
     assert list(all_contrasts) == list(STANDARD_CONTRASTS)
-    assert group_contrast.shape == contrast_img.shape
+    assert group_contrast.shape == group_fdr.shape == contrast_img.shape
     dataset = LAIONfMRIDataset(group_dataset)
     assert dataset.subjects == [f"sub-{i:02d}" for i in range(1, 7)]
 
@@ -191,8 +200,17 @@ def test_loader_example_on_pipeline_output(group_dataset):
 def test_rerun_skips_complete_and_redoes_partial(one_run_dataset, tmp_path, caplog):
     dataset = tmp_path / "copy"
     shutil.copytree(one_run_dataset, dataset)
-    args = ["glm", str(dataset), str(_glm_dir(dataset)), "participant", "--scheduler", "none"]
-    z_path = _glm_dir(dataset) / layout.first_level_map("01", "experiment", "faceVsScene", "z")
+    args = [
+        "glm",
+        str(dataset),
+        str(_glm_dir(dataset)),
+        "participant",
+        "--scheduler",
+        "none",
+    ]
+    z_path = _glm_dir(dataset) / layout.first_level_map(
+        "01", "experiment", "faceVsScene", "z"
+    )
     before = z_path.read_bytes()
     with caplog.at_level("INFO", logger="laion_fmri"):
         assert main(args) == 0

@@ -20,7 +20,10 @@ def _glm(dataset):
 
 
 def _group(dataset, *extra):
-    args = ["glm", str(dataset), str(_glm(dataset)), "group", "--scheduler", "none"]
+    args = [
+        *("glm", str(dataset), str(_glm(dataset)), "group"),
+        *("--scheduler", "none", "--no-reports"),
+    ]
     return main([*args, *extra])
 
 

@@ -712,7 +712,7 @@ def test_glm_writes_to_the_bucket_and_the_loader_reads_it(s3, cache, tmp_path):
             assert puts.index(path.replace(".nii.gz", ".json")) > position
 
     s3.proxy.reset()
-    group = ["glm", str(bids), output, "group", "--scheduler", "none"]
+    group = ["glm", str(bids), output, "group", "--scheduler", "none", "--no-reports"]
     assert cli.main([*group, "--n-perm", "100"]) == 0
     puts = [r.path for r in s3.proxy.requests if r.method == "PUT"]
     assert puts and all("/group_level/" in path for path in puts)

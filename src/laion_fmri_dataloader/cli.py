@@ -183,6 +183,12 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--one-sided", action="store_true", help="test effect > 0 only")
     group.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    group.add_argument(
+        "--no-reports",
+        dest="reports",
+        action="store_false",
+        help="do not write the HTML reports (OUTPUT_DIR/reports) after the group level",
+    )
     scale = parser.add_argument_group("scheduling")
     scale.add_argument(
         "--scheduler",

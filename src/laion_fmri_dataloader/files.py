@@ -231,6 +231,17 @@ def _volumes_of_stream(stream, header: nib.Nifti1Header) -> Iterator[np.ndarray]
         yield volume
 
 
+def _read_umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# Read once at import: os.umask can only be read by setting it, which is not
+# safe while other threads create files.
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place on success.
@@ -249,6 +260,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        # mkstemp creates 0600; outputs are shared files, so honour the umask.
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -182,4 +182,9 @@ def run_glm_command(args: argparse.Namespace) -> int:
         force=args.force,
     )
     run_group(group, scheduler=args.scheduler, **options)
+    if args.reports:
+        from laion_fmri_dataloader.report import write_reports
+
+        index = write_reports(Path(args.output_dir), task=args.task)[-1]
+        log.info("reports: %s", index)
     return 0

@@ -74,7 +74,10 @@ def plot_designs(designs: Sequence[pd.DataFrame], run_names: Sequence[str], titl
 
     Columns are scaled to unit maximum magnitude per column for display, so that
     task regressors, confounds (mm, degrees, intensity) and drifts are all
-    visible at once, as in nilearn's ``plot_design_matrix``.
+    visible at once, as in nilearn's ``plot_design_matrix``.  Columns that sit on
+    a large offset (``global_signal``, ``csf``, ``white_matter``: intensities in
+    the hundreds that vary by a few percent) are shown around their mean, or
+    they would look flat.
     """
     import matplotlib
 
@@ -91,6 +94,10 @@ def plot_designs(designs: Sequence[pd.DataFrame], run_names: Sequence[str], titl
     axes = figure.subplots(1, n_runs, squeeze=False)[0]
     for ax, design, name in zip(axes, designs, run_names, strict=True):
         values = design.to_numpy(dtype=float)
+        mean = values.mean(axis=0)
+        offset = np.abs(mean) > np.ptp(values, axis=0)
+        offset &= np.ptp(values, axis=0) > 0
+        values[:, offset] -= mean[offset]
         scale = np.abs(values).max(axis=0)
         scale[scale == 0] = 1.0
         image = ax.imshow(
