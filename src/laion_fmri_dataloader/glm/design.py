@@ -93,7 +93,7 @@ def plot_designs(designs: Sequence[pd.DataFrame], run_names: Sequence[str], titl
     )
     axes = figure.subplots(1, n_runs, squeeze=False)[0]
     for ax, design, name in zip(axes, designs, run_names, strict=True):
-        values = design.to_numpy(dtype=float)
+        values = design.to_numpy(dtype=float, copy=True)
         mean = values.mean(axis=0)
         offset = np.abs(mean) > np.ptp(values, axis=0)
         offset &= np.ptp(values, axis=0) > 0
