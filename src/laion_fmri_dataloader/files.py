@@ -279,13 +279,11 @@ def save_image(image: nib.Nifti1Image, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_output(path) as temporary:
         if path.name.endswith(".gz"):
-            with (
-                open(temporary, "wb") as raw_file,
-                igzip.GzipFile(
-                    filename="", mode="wb", fileobj=raw_file, compresslevel=1, mtime=0
-                ) as stream,
-            ):
-                image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
+            # One call on the whole image: ISA-L's stream depends on how the
+            # input is split across write() calls, so streaming is not
+            # reproducible.
+            compressed = igzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
+            temporary.write_bytes(compressed)
         else:
             nib.save(image, temporary)
     return path
