@@ -335,7 +335,7 @@ def test_task_bug_becomes_failed_result(scheduler_address, tmp_path, caplog):
     results = map_subjects(
         fit, tmp_path, ["sub-01", "02", "03"], scheduler=scheduler_address
     )
-    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert [r.status for r in results] == ["done", "error", "done"]
     assert "RuntimeError: deliberate bug" in results[1].message
     assert "Traceback" in caplog.text and "deliberate bug" in caplog.text
 

@@ -202,8 +202,8 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--memory-per-worker", default=None, help="e.g. 4GiB")
     scale.add_argument("--slurm-queue", default=None)
     scale.add_argument("--slurm-account", default=None)
-    scale.add_argument("--slurm-walltime", default="02:00:00")
-    scale.add_argument("--slurm-cores", type=int, default=2)
+    scale.add_argument("--slurm-walltime", default=None, help="e.g. 02:00:00")
+    scale.add_argument("--slurm-cores", type=int, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

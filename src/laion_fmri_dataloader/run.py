@@ -129,7 +129,7 @@ def run_participants(
 def _summarise(results: Sequence[SubjectResult]) -> int:
     done = [r.subject for r in results if r.status == "done"]
     skipped = [r.subject for r in results if r.status == "skipped"]
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status in ("failed", "error")]
     log.info(
         "participant level: %d done, %d skipped (already complete), %d failed",
         len(done),
@@ -138,6 +138,8 @@ def _summarise(results: Sequence[SubjectResult]) -> int:
     )
     for result in failed:
         log.error("%s failed: %s", result.subject, result.message)
+    if any(r.status == "error" for r in failed):
+        return 1  # a bug, as the architecture's exit codes say
     if len(failed) == 1 and len(results) == 1:
         raise InputError(failed[0].message)
     return 2 if failed else 0

@@ -53,10 +53,10 @@ from laion_fmri_dataloader.glm.inference import (
     DEFAULT_CHUNK_SIZE,
     PermutationResult,
     SignFlipData,
+    check_permutation_test,
     flips_for_chunk,
     fwe_from_max_t,
     n_chunks,
-    permutation_count,
     prepare_sign_flip,
     sign_flip_chunk,
     sign_flip_max_t,
@@ -516,7 +516,7 @@ def _result_of(future, subject: str) -> SubjectResult:
         )
         return SubjectResult(
             subject,
-            "failed",
+            "error",
             message=f"unexpected error {type(error).__name__}: {error} "
             "(a bug; the traceback is in the log above)",
         )
@@ -683,17 +683,14 @@ def distributed_sign_flip(
             chunk_size=chunk_size,
         )
     data = prepare_sign_flip(effects)
-    # sign_flip_max_t checks its arguments inline; running it on one voxel applies
-    # those checks with their messages at the cost of n_perm x n_subjects flops.
-    sign_flip_max_t(
-        np.asarray(effects)[:, :1],
+    n_used, exhaustive = check_permutation_test(
+        data.n_subjects,
         n_perm=config.n_perm,
         alpha=config.alpha,
         one_sided=config.one_sided,
         seed=config.seed,
         chunk_size=chunk_size,
     )
-    n_used, exhaustive = permutation_count(data.n_subjects, config.n_perm)
     total_chunks = n_chunks(data.n_subjects, n_used, chunk_size)
     token = uuid.uuid4().hex[:8]
     with open_client(scheduler, **options) as client:

@@ -144,7 +144,11 @@ class FirstLevelConfig:
 
 @dataclass
 class SubjectResult:
-    """What happened to one subject."""
+    """What happened to one subject.
+
+    ``status`` is ``"done"``, ``"skipped"`` (outputs complete), ``"failed"``
+    (bad input; ``message`` says why) or ``"error"`` (a bug).
+    """
 
     subject: str
     status: str
@@ -304,6 +308,12 @@ def _fit_run(prepared: _PreparedRun, mask, vectors, smoothing_fwhm):
     return fit_ar1_contrasts(data, prepared.design.to_numpy(), vectors)
 
 
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete what an interrupted run's atomic writes left (``.<name>.*.tmp*``)."""
+    for path in folder.glob(".*.tmp*"):
+        path.unlink(missing_ok=True)
+
+
 def _relative_to(path: Path, folder: Path) -> str:
     """``path`` relative to ``folder`` where it is inside, else absolute (POSIX)."""
     try:
@@ -350,6 +360,7 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     fingerprint = provenance.fingerprint(
         config.parameters(), [path for run in runs for path in run.files]
     )
+    _remove_stale_temporaries(Path(config.output_dir) / layout.first_level_dir(label))
     if not config.force and _is_complete(config, label, fingerprint):
         log.info("sub-%s: outputs complete and up to date, skipped", label)
         return SubjectResult(f"sub-{label}", "skipped", len(runs))

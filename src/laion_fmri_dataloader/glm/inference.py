@@ -44,6 +44,7 @@ __all__ = [
     "PermutationResult",
     "SignFlipData",
     "bonferroni_mask",
+    "check_permutation_test",
     "cluster_table",
     "fdr_mask",
     "fdr_threshold",
@@ -662,6 +663,47 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def check_permutation_test(
+    n_subjects: int,
+    *,
+    n_perm: int,
+    alpha: float,
+    one_sided: bool,
+    seed: int,
+    chunk_size: int,
+) -> tuple[int, bool]:
+    """Check the arguments of a sign-flip test; return ``(n_used, exhaustive)``.
+
+    Raises
+    ------
+    InputError
+        If the subjects are too few to reach ``alpha`` (see
+        :func:`min_subjects_for_permutation`) or ``n_perm`` is below
+        :func:`min_n_perm` for a random (not exhaustive) test.
+    InvalidLabelError
+        If ``alpha``, ``n_perm``, ``seed`` or ``chunk_size`` is not allowed.
+    """
+    alpha = _check_fraction("alpha", alpha)
+    _check_positive_int("seed", seed, minimum=0)
+    _check_positive_int("chunk_size", chunk_size)
+    n_used, exhaustive = permutation_count(n_subjects, n_perm)
+    sidedness = "one-sided" if one_sided else "two-sided"
+    if exhaustive and n_subjects < min_subjects_for_permutation(alpha, one_sided):
+        smallest_p = (1 if one_sided else 2) / n_used
+        raise InputError(
+            f"{n_subjects} subjects allow only {n_used} sign flips, so the smallest "
+            f"{sidedness} corrected p is {smallest_p:g} > alpha={alpha}; a sign-flip "
+            f"test needs at least {min_subjects_for_permutation(alpha, one_sided)} "
+            "subjects (use Bonferroni instead)"
+        )
+    if not exhaustive and n_used < min_n_perm(alpha):
+        raise InputError(
+            f"n_perm={n_used} is too small for alpha={alpha}; "
+            f"use at least {min_n_perm(alpha)}"
+        )
+    return n_used, exhaustive
+
+
 def sign_flip_max_t(
     effects: np.ndarray,
     *,
@@ -719,26 +761,16 @@ def sign_flip_max_t(
     >>> result.exhaustive, result.n_perm, np.flatnonzero(result.mask).tolist()
     (True, 256, [0, 1, 2, 4])
     """
-    alpha = _check_fraction("alpha", alpha)
-    seed = _check_positive_int("seed", seed, minimum=0)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
     data = prepare_sign_flip(effects)
     n_subjects = data.n_subjects
-    n_used, exhaustive = permutation_count(n_subjects, n_perm)
-    sidedness = "one-sided" if one_sided else "two-sided"
-    if exhaustive and n_subjects < min_subjects_for_permutation(alpha, one_sided):
-        smallest_p = (1 if one_sided else 2) / n_used
-        raise InputError(
-            f"{n_subjects} subjects allow only {n_used} sign flips, so the smallest "
-            f"{sidedness} corrected p is {smallest_p:g} > alpha={alpha}; a sign-flip "
-            f"test needs at least {min_subjects_for_permutation(alpha, one_sided)} "
-            "subjects (use Bonferroni instead)"
-        )
-    if not exhaustive and n_used < min_n_perm(alpha):
-        raise InputError(
-            f"n_perm={n_used} is too small for alpha={alpha}; "
-            f"use at least {min_n_perm(alpha)}"
-        )
+    n_used, exhaustive = check_permutation_test(
+        n_subjects,
+        n_perm=n_perm,
+        alpha=alpha,
+        one_sided=one_sided,
+        seed=seed,
+        chunk_size=chunk_size,
+    )
 
     def run_chunk(chunk_index: int) -> np.ndarray:
         flips = flips_for_chunk(
