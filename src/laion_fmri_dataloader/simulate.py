@@ -144,7 +144,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import io
-import json
 import math
 import os
 import pathlib
@@ -164,6 +163,7 @@ from laion_fmri_dataloader.errors import (
     NotFoundError,
     did_you_mean,
 )
+from laion_fmri_dataloader.files import atomic_output, write_json, write_text
 from laion_fmri_dataloader.layout import validate_label
 
 __all__ = [
@@ -1103,16 +1103,8 @@ def _downsample_raw(data: np.ndarray) -> np.ndarray:
 # Writers
 
 
-def _atomic_write_bytes(path: pathlib.Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(payload)
-    os.replace(temporary, path)
-
-
 def _write_json(path: pathlib.Path, content: dict[str, Any]) -> None:
-    text = json.dumps(content, indent=2, sort_keys=False) + "\n"
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    write_json(content, path)
 
 
 def _format_number(value: float) -> str:
@@ -1134,7 +1126,7 @@ def _write_tsv(path: pathlib.Path, columns: dict[str, Sequence[Any]]) -> None:
             else:
                 cells.append(_format_number(float(value)))
         lines.append("\t".join(cells))
-    _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    write_text("\n".join(lines) + "\n", path)
 
 
 class _GzipWriter:
@@ -1183,13 +1175,11 @@ class _GzipWriter:
 
 def _write_nifti(path: pathlib.Path, image: nib.Nifti1Image) -> None:
     """Write a .nii.gz deterministically (zero gzip timestamp, no file name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as raw_file:
+    # Streamed, not files.save_image: a 4D run must not be copied whole to bytes.
+    with atomic_output(path) as temporary, open(temporary, "wb") as raw_file:
         stream = _GzipWriter(raw_file)
         image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
         stream.close()
-    os.replace(temporary, path)
 
 
 def _image(
@@ -1380,7 +1370,7 @@ def _write_top_level(
         "contrast per subject and for the group, and simulation.json lists every\n"
         "parameter of the simulation.\n"
     )
-    _atomic_write_bytes(root / "README", readme.encode("utf-8"))
+    write_text(readme, root / "README")
     rng = np.random.default_rng([config.seed, 0])
     ages = rng.integers(19, 41, size=len(subject_labels))
     sexes = rng.choice(["F", "M"], size=len(subject_labels))
