@@ -145,9 +145,16 @@ def load_masked_series(
                 f"the mask, {mask.shape}, is needed"
             )
         series = np.empty((shape[3], columns.size), dtype=np.float32)
+        gathered = None
         for index, volume in enumerate(volumes):
             flat = volume.reshape(-1, order="F")
-            series[index] = apply_read_scaling(flat[columns], slope, inter)
+            if gathered is None:
+                gathered = np.empty(columns.size, dtype=flat.dtype)
+            # ``take`` into one reused buffer is several times faster than
+            # fancy indexing; the indices come from the image's own grid, so
+            # "clip" never clips, and spares the buffered copy of "raise".
+            np.take(flat, columns, out=gathered, mode="clip")
+            series[index] = apply_read_scaling(gathered, slope, inter)
     return series
 
 
