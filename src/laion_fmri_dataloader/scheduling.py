@@ -37,6 +37,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -570,8 +571,9 @@ def map_subjects(
     # Workers of a scheduler given by address may not declare the resource.
     resources = {_SUBJECT_RESOURCE: 1} if scheduler in _NAMED_SCHEDULERS else None
     with open_client(scheduler, **options) as client:
-        futures = {
-            client.submit(
+
+        def submit(label: str):
+            return client.submit(
                 func,
                 config,
                 label,
@@ -579,15 +581,26 @@ def map_subjects(
                 pure=False,
                 retries=2,
                 resources=resources,
-            ): f"sub-{label}"
-            for label in labels
-        }
-        log.info("first level: %d subjects submitted", len(futures))
-        with _progress(len(futures)) as report:
-            for future in as_completed(futures):
-                subject = futures[future]
+            )
+
+        # At most one subject in flight per worker thread: a worker that dies
+        # then takes only the subject it was fitting with it, not others queued
+        # on it (Dask counts every task assigned to a dying worker as suspect).
+        window = max(1, sum(client.nthreads().values()), options.get("workers") or 1)
+        waiting = iter(labels)
+        futures = {submit(label): f"sub-{label}" for label in islice(waiting, window)}
+        log.info("first level: %d subjects, %d at a time", len(labels), len(futures))
+        completed = as_completed(list(futures))
+        with _progress(len(labels)) as report:
+            for future in completed:
+                subject = futures.pop(future)
                 results[subject] = _result_of(future, subject)
                 report(results[subject])
+                label = next(waiting, None)
+                if label is not None:
+                    new = submit(label)
+                    futures[new] = f"sub-{label}"
+                    completed.add(new)
     return [results[f"sub-{label}"] for label in labels]
 
 
