@@ -322,8 +322,11 @@ def markdown(results: dict) -> str:
         "`load_masked_series`).  Reads of a 1.3 GB array vary by tens of percent "
         "between repetitions on a shared machine (page faults, other jobs); the "
         "threaded readers and rapidgzip are close, the single-threaded ones and "
-        "nibabel's are slower.  Writers are deterministic (checked: same bytes "
-        "twice, zero mtime, no name).",
+        "nibabel's are slower.  Each writer gives the same bytes twice in one "
+        "process (checked), but `save_image` keeps the standard library's zlib: "
+        "ISA-L's level-1 stream was seen to vary between worker processes and "
+        "zlib-ng's output depends on the CPU's features, and outputs must be "
+        "byte-identical on every machine of a cluster.",
         "",
         "| task | option | wall | CPU (all threads) | bytes per map |",
         "|---|---|---:|---:|---:|",

@@ -7,7 +7,9 @@ place, so that a reader (or a rerun) never sees a half-written output.
 
 Compression is the slow part of reading and writing NIfTI: a 2 mm BOLD run is
 about 1.3 GB of float32.  It is decompressed by zlib-ng on a background thread
-straight into the image's array, and maps are compressed by ISA-L (see
+straight into the image's array (or, for the first level, volume by volume into
+the masked time series); maps are compressed by the standard library's zlib,
+the one compressor that gives the same bytes everywhere (see
 ``benchmarks/RESULTS.md`` for the measured alternatives).
 """
 
