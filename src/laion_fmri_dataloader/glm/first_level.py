@@ -15,8 +15,12 @@ were made from the same inputs with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -295,17 +299,44 @@ def _intersect_masks(runs: Sequence[RunInputs]) -> tuple[np.ndarray, nib.Nifti1I
     return mask, reference
 
 
-def _fit_run(prepared: _PreparedRun, mask, vectors, smoothing_fwhm):
+@contextlib.contextmanager
+def _quick_thread_switches(interval: float = 0.0002) -> Iterator[None]:
+    """Hand the GIL over more often while the designs are built.
+
+    The reader thread needs the GIL for a moment between chunks it decompresses;
+    with Python's default 5 ms switch interval, nilearn's import running beside
+    it delays every chunk (measured: the read of a 2 mm run took 2.1 s instead
+    of 1.7 s).
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _read_series(bold_path: Path, mask: np.ndarray, smoothing_fwhm) -> np.ndarray:
+    """A run's brain time series, (n_volumes, n_voxels) float32."""
     if smoothing_fwhm:
         from nilearn.image import smooth_img
 
-        bold = smooth_img(read_bold(prepared.inputs.bold), smoothing_fwhm)
-        data = masked_timeseries(bold, mask)
-        del bold
-    else:
-        # Volume by volume: the run's full 4D array is never in memory.
-        data = load_masked_series(prepared.inputs.bold, mask, what="BOLD series")
-    return fit_ar1_contrasts(data, prepared.design.to_numpy(), vectors)
+        bold = smooth_img(read_bold(bold_path), smoothing_fwhm)
+        return masked_timeseries(bold, mask)
+    # Volume by volume: the run's full 4D array is never in memory.
+    return load_masked_series(bold_path, mask, what="BOLD series")
+
+
+def _design_figure_png(designs: _Designs, label: str, task: str) -> bytes:
+    """The design-matrix figure as PNG bytes (written with the other outputs)."""
+    figure = plot_designs(
+        [run.design for run in designs.runs],
+        [run.inputs.name for run in designs.runs],
+        f"sub-{label} task-{task}: design matrices",
+    )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=90, format="png")
+    return buffer.getvalue()
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -364,9 +395,30 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     if not config.force and _is_complete(config, label, fingerprint):
         log.info("sub-%s: outputs complete and up to date, skipped", label)
         return SubjectResult(f"sub-{label}", "skipped", len(runs))
-    designs = _prepare(config, runs)
-    prepared, extras = designs.runs, designs.extras
     mask, reference = _intersect_masks(runs)
+    # Overlap what holds the GIL (nilearn's import and the designs, then the
+    # figure) with what mostly does not (decompressing the first run, then the
+    # fits' BLAS); a single run's data is read ahead, so memory stays that of
+    # one run.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        first_series = background.submit(
+            _read_series, runs[0].bold, mask, config.model.smoothing_fwhm
+        )
+        with _quick_thread_switches():
+            designs = _prepare(config, runs)
+        fit = _fit_subject(
+            config, label, designs, mask, reference, fingerprint, first_series
+        )
+        # drawn while the maps are compressed (zlib releases the GIL)
+        figure_png = background.submit(_design_figure_png, designs, label, config.task)
+        _write_subject(config, label, fit, figure_png)
+    return SubjectResult(
+        f"sub-{label}", "done", len(designs.runs), warnings=fit.warnings
+    )
+
+
+def _fit_subject(config, label, designs, mask, reference, fingerprint, first_series):
+    prepared, extras = designs.runs, designs.extras
     volumes = sorted({run.n_volumes for run in prepared})
     trs = sorted({run.repetition_time for run in prepared})
     log.info(
@@ -403,7 +455,12 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
             index,
             len(prepared),
         )
-        per_run.append(_fit_run(run, mask, vectors, config.model.smoothing_fwhm))
+        if index == 1:
+            data = first_series.result()
+        else:
+            data = _read_series(run.inputs.bold, mask, config.model.smoothing_fwhm)
+        per_run.append(fit_ar1_contrasts(data, run.design.to_numpy(), vectors))
+        del data
     combined = {
         name: fixed_effects([results[name] for results in per_run])
         for name in config.contrasts
@@ -420,14 +477,15 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     final_mask[mask] = ~degenerate
     for warning in warnings:
         log.warning("sub-%s: %s", label, warning)
-    fit = _SubjectFit(
+    return _SubjectFit(
         designs, combined, mask, final_mask, reference, fingerprint, warnings
     )
-    _write_subject(config, label, fit)
-    return SubjectResult(f"sub-{label}", "done", len(prepared), warnings=warnings)
 
 
-def _write_subject(config: FirstLevelConfig, label: str, fit: _SubjectFit) -> None:
+def _write_subject(
+    config: FirstLevelConfig, label: str, fit: _SubjectFit, figure_png: Future
+) -> None:
+    """Write maps, then the figure, then sidecars: a sidecar marks its map done."""
     root = Path(config.output_dir)
     prepared, extras = fit.designs.runs, fit.designs.extras
     keep = fit.final_mask[fit.fit_mask]
@@ -466,15 +524,7 @@ def _write_subject(config: FirstLevelConfig, label: str, fit: _SubjectFit) -> No
         "t": "t",
         "z": "z",
     }
-    figure = plot_designs(
-        [run.design for run in prepared],
-        [run.inputs.name for run in prepared],
-        f"sub-{label} task-{config.task}: design matrices",
-    )
-    with atomic_output(
-        root / layout.design_matrix_png(label, config.task)
-    ) as temporary:
-        figure.savefig(temporary, dpi=90, format="png")
+    maps, sidecars = [], []
     for name, result in fit.combined.items():
         contrast = config.contrasts[name]
         for stat in layout.FIRST_LEVEL_STAT_TYPES:
@@ -484,7 +534,7 @@ def _write_subject(config: FirstLevelConfig, label: str, fit: _SubjectFit) -> No
                 _volume(values, fit.fit_mask), fit.reference.affine, header
             )
             image.header.set_xyzt_units("mm", "sec")
-            save_image(image, root / relative)
+            maps.append((image, root / relative))
             sidecar = base.model_copy(
                 update={
                     "StatType": stat,
@@ -497,14 +547,25 @@ def _write_subject(config: FirstLevelConfig, label: str, fit: _SubjectFit) -> No
                     },
                 }
             )
-            write_json(sidecar, root / layout.sidecar_of(relative))
+            sidecars.append((sidecar, root / layout.sidecar_of(relative)))
     mask_path = layout.first_level_mask(label, config.task)
     mask_image = nib.Nifti1Image(fit.final_mask.astype(np.uint8), fit.reference.affine)
-    save_image(mask_image, root / mask_path)
-    write_json(
-        base.model_copy(update={"StatType": "mask"}),
-        root / layout.sidecar_of(mask_path),
+    maps.append((mask_image, root / mask_path))
+    sidecars.append(
+        (
+            base.model_copy(update={"StatType": "mask"}),
+            root / layout.sidecar_of(mask_path),
+        )
     )
+    # two compressors at a time: zlib releases the GIL
+    with ThreadPoolExecutor(max_workers=2) as writers:
+        list(writers.map(lambda job: save_image(*job), maps))
+    with atomic_output(
+        root / layout.design_matrix_png(label, config.task)
+    ) as temporary:
+        temporary.write_bytes(figure_png.result())
+    for sidecar, path in sidecars:
+        write_json(sidecar, path)
 
 
 def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
