@@ -56,8 +56,8 @@ from laion_fmri_dataloader.glm.inference import (
     SignFlipData,
     check_permutation_test,
     flips_for_chunk,
-    fwe_from_max_t,
     n_chunks,
+    permutation_result,
     prepare_sign_flip,
     sign_flip_chunk,
     sign_flip_max_t,
@@ -734,15 +734,9 @@ def distributed_sign_flip(
             for group in groups
         ]
         max_t = np.concatenate(client.gather(futures))
-    t_cutoff, p_fwe = fwe_from_max_t(
-        data, max_t, alpha=config.alpha, one_sided=config.one_sided
-    )
-    return PermutationResult(
-        t=data.t,
-        max_t=max_t,
-        t_cutoff=t_cutoff,
-        p_fwe=p_fwe,
-        n_perm=n_used,
+    return permutation_result(
+        data,
+        max_t,
         exhaustive=exhaustive,
         seed=config.seed,
         chunk_size=chunk_size,

@@ -54,6 +54,7 @@ __all__ = [
     "min_subjects_for_permutation",
     "n_chunks",
     "permutation_count",
+    "permutation_result",
     "prepare_sign_flip",
     "sign_flip_chunk",
     "sign_flip_max_t",
@@ -787,13 +788,35 @@ def sign_flip_max_t(
         ThreadPoolExecutor(max_workers=min(_n_cores(), total_chunks)) as pool,
     ):
         max_t = np.concatenate(list(pool.map(run_chunk, range(total_chunks))))
+    return permutation_result(
+        data,
+        max_t,
+        exhaustive=exhaustive,
+        seed=seed,
+        chunk_size=chunk_size,
+        alpha=alpha,
+        one_sided=one_sided,
+    )
+
+
+def permutation_result(
+    data: SignFlipData,
+    max_t: np.ndarray,
+    *,
+    exhaustive: bool,
+    seed: int,
+    chunk_size: int,
+    alpha: float,
+    one_sided: bool,
+) -> PermutationResult:
+    """Reduce the maxima of every permutation (in chunk order) to the result."""
     t_cutoff, p_fwe = fwe_from_max_t(data, max_t, alpha=alpha, one_sided=one_sided)
     return PermutationResult(
         t=data.t,
         max_t=max_t,
         t_cutoff=t_cutoff,
         p_fwe=p_fwe,
-        n_perm=n_used,
+        n_perm=max_t.size,
         exhaustive=exhaustive,
         seed=seed,
         chunk_size=chunk_size,
