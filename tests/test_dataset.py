@@ -272,3 +272,25 @@ def test_corrupt_file_names_the_file(derivative_tree, tmp_path, damage):
 def test_error_classes_inherit_builtins():
     assert issubclass(NotFoundError, FileNotFoundError)
     assert issubclass(InvalidLabelError, ValueError)
+
+
+def test_info_lists_what_is_there_and_what_is_missing(
+    derivative_tree, tmp_path, capsys
+):
+    from laion_fmri_dataloader.cli import main
+
+    target = tmp_path / "copy"
+    shutil.copytree(derivative_tree, target)
+    dataset = LAIONfMRIDataset(target)
+    dataset.get_path("sub-02", contrast="faceVsObject", stat_type="t").unlink()
+    dataset.get_path(contrast="sceneVsObject", correction="fwe").unlink()
+    assert main(["info", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "subjects (2): sub-01, sub-02" in out
+    assert "tasks: experiment" in out
+    assert "corrections: fdr, fwe" in out
+    assert "missing: 2" in out
+    assert "sub-02 task-experiment faceVsObject stat-t" in out
+    assert "group sceneVsObject fwe-corrected" in out
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    assert "holds no GLM derivatives" in capsys.readouterr().err

@@ -33,6 +33,11 @@ from laion_fmri_dataloader.storage import Store, open_store
 __all__ = ["LAIONfMRIDataset"]
 
 
+def _is_map(entities: dict[str, str]) -> bool:
+    """A map itself, not its sidecar or a table: what listings are made of."""
+    return entities.get("suffix") == "map" and entities.get("extension") == ".nii.gz"
+
+
 class LAIONfMRIDataset:
     """The GLM derivatives of a LAION-fMRI (or any BIDS) dataset.
 
@@ -142,7 +147,7 @@ class LAIONfMRIDataset:
         return order_contrast_names(
             entities["contrast"]
             for entities in entries
-            if "contrast" in entities and (task is None or entities.get("task") == task)
+            if _is_map(entities) and (task is None or entities.get("task") == task)
         )
 
     def stat_types(
@@ -158,7 +163,9 @@ class LAIONfMRIDataset:
         found = {
             entities["stat"]
             for entities in entries
-            if "stat" in entities and (task is None or entities.get("task") == task)
+            if _is_map(entities)
+            and "stat" in entities
+            and (task is None or entities.get("task") == task)
         }
         return [stat for stat in known if stat in found]
 
@@ -167,7 +174,7 @@ class LAIONfMRIDataset:
         found = {
             entities["correction"]
             for entities in self._group_files
-            if entities.get("suffix") == "map"
+            if _is_map(entities)
             and "correction" in entities
             and (contrast is None or entities.get("contrast") == contrast)
         }
@@ -264,9 +271,7 @@ class LAIONfMRIDataset:
         if self._store.exists(relative):
             return relative
         contrasts = order_contrast_names(
-            entities["contrast"]
-            for entities in self._group_files
-            if "contrast" in entities
+            entities["contrast"] for entities in self._group_files if _is_map(entities)
         )
         if not contrasts:
             raise NotFoundError(
