@@ -34,15 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
+
 METHODS = ("ours", "run_glm", "first_level_model")
-CATEGORIES = ("face", "scene", "object", "baseline")
+CATEGORIES = CONDITIONS
 CONTRAST_WEIGHTS = {
-    "faceVsBaseline": (1, 0, 0, -1),
-    "sceneVsBaseline": (0, 1, 0, -1),
-    "objectVsBaseline": (0, 0, 1, -1),
-    "faceVsScene": (1, -1, 0, 0),
-    "faceVsObject": (1, 0, -1, 0),
-    "sceneVsObject": (0, 1, -1, 0),
+    name: tuple(contrast.weights[condition] for condition in CONDITIONS)
+    for name, contrast in STANDARD_CONTRASTS.items()
 }
 # nilearn clips p-values at 1e-300; beyond this |z| its values are a floor.
 NILEARN_Z_CEILING = 37.0

@@ -17,6 +17,7 @@ from nilearn.glm.first_level import (
 )
 from scipy import special, stats
 
+from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
 from laion_fmri_dataloader.errors import InputError
 from laion_fmri_dataloader.glm.engine import (
     ContrastResult,
@@ -31,14 +32,10 @@ from laion_fmri_dataloader.glm.engine import (
 TR = 1.5
 N_SCANS = 160
 N_VOXELS = 1500
-CATEGORIES = ("face", "scene", "object", "baseline")
+CATEGORIES = CONDITIONS
 CONTRAST_WEIGHTS = {
-    "faceVsBaseline": (1, 0, 0, -1),
-    "sceneVsBaseline": (0, 1, 0, -1),
-    "objectVsBaseline": (0, 0, 1, -1),
-    "faceVsScene": (1, -1, 0, 0),
-    "faceVsObject": (1, 0, -1, 0),
-    "sceneVsObject": (0, 1, -1, 0),
+    name: tuple(contrast.weights[condition] for condition in CONDITIONS)
+    for name, contrast in STANDARD_CONTRASTS.items()
 }
 
 
