@@ -54,3 +54,19 @@ def test_outputs_follow_the_umask(tmp_path):
     current = os.umask(0)
     os.umask(current)
     assert mode == 0o666 & ~current
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
+def test_masked_series_reader_equals_nibabel(tmp_path, dtype):
+    from laion_fmri_dataloader.files import load_masked_series
+    from laion_fmri_dataloader.glm.first_level import masked_timeseries
+
+    rng = np.random.default_rng(1)
+    data = (rng.normal(size=(7, 8, 6, 30)) * 100 + 1000).astype(dtype)
+    image = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    if dtype is np.int16:
+        image.header.set_slope_inter(0.5, 10.0)
+    path = save_image(image, tmp_path / "bold.nii.gz")
+    mask = rng.random((7, 8, 6)) > 0.4
+    expected = masked_timeseries(nib.load(path), mask)
+    np.testing.assert_array_equal(load_masked_series(path, mask), expected)
