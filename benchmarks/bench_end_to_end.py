@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _memory import peak_rss_mb
+
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = BENCH_DIR / "_data" / "end-to-end-2mm"
 TASK = "experiment"
@@ -203,16 +205,6 @@ def _worker_ours(data: Path, output: Path) -> None:
 
 
 WORKERS = {"ours": _worker_ours, "nilearn": _worker_nilearn, "floor": _worker_floor}
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM is this process's own peak; ru_maxrss would also count the
-    # parent's memory at the fork.
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run_method(method: str, data: Path, output: Path) -> dict:
@@ -453,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parser.parse_args(argv)
     if args.worker:
         WORKERS[args.worker](*args.paths)
-        args.peak_file.write_text(f"{_peak_rss_mb():.1f}")
+        args.peak_file.write_text(f"{peak_rss_mb():.1f}")
         return None
     data = simulated_run(args.data, args.resolution, args.volumes)
     row = benchmark(data, args.repeat, tuple(args.methods))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _memory import peak_rss_mb
 from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
 
 METHODS = ("ours", "run_glm", "first_level_model")
@@ -103,20 +103,6 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         resident_pages = int(statm.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM is this process's own peak; ru_maxrss also counts the parent's
-    # memory at the fork, which inflates it when a large process (run.py)
-    # starts the worker.
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fit_ours(data, design, tr):
@@ -218,7 +204,7 @@ def worker(method: str, workdir: Path, tr: float) -> dict:
         subject = np.load(workdir / "data.npy")
         fit = _fit_ours if method == "ours" else _fit_run_glm
     seconds, maps = fit(subject, design, tr)
-    peak_mb = _peak_rss_mb()
+    peak_mb = peak_rss_mb()
     np.savez(
         workdir / f"{method}.npz",
         **{

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,26 +26,14 @@ import time
 import numpy as np
 from scipy import stats
 
+from _memory import peak_rss_mb
+
 ALPHA = 0.05
 
 
 def make_effects(n_subjects: int, n_voxels: int, seed: int) -> np.ndarray:
     """Null group effects, (n_subjects, n_voxels) float64."""
     return np.random.default_rng(seed).standard_normal((n_subjects, n_voxels))
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM is this process's own peak; ru_maxrss also counts the parent's
-    # memory at the fork, which inflates it when a large process (run.py)
-    # starts the worker.
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_ours(effects: np.ndarray, n_perm: int) -> dict:
@@ -97,14 +84,14 @@ def _worker(args: argparse.Namespace) -> None:
     if args.worker == "ours":
         import laion_fmri_dataloader.glm.inference  # noqa: F401
 
-        baseline_mb = _peak_rss_mb()
+        baseline_mb = peak_rss_mb()
         row = _run_ours(effects, args.n_perm)
     else:
         import nilearn.mass_univariate  # noqa: F401
 
-        baseline_mb = _peak_rss_mb()
+        baseline_mb = peak_rss_mb()
         row = _run_nilearn(effects, args.nilearn_perm)
-    row["peak_rss_mb"] = _peak_rss_mb()
+    row["peak_rss_mb"] = peak_rss_mb()
     row["rss_increment_mb"] = row["peak_rss_mb"] - baseline_mb
     json.dump(row, sys.stdout)
 
