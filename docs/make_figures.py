@@ -38,7 +38,11 @@ from laion_fmri_dataloader.bids_input import (
 )
 from laion_fmri_dataloader.demo import run_demo
 from laion_fmri_dataloader.glm.design import make_design, plot_designs
-from laion_fmri_dataloader.report import report_path, write_reports
+from laion_fmri_dataloader.report import (
+    HEADLESS_CHROMIUM_FLAGS,
+    report_path,
+    write_reports,
+)
 from laion_fmri_dataloader.sidecar import MapSidecar
 from laion_fmri_dataloader.simulate import load_truth
 
@@ -159,15 +163,7 @@ def report_screenshot(data_dir: Path, out: Path) -> Path | None:
         subprocess.run(
             [
                 binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
+                *HEADLESS_CHROMIUM_FLAGS,
                 f"--user-data-dir={folder}/profile",
                 "--window-size=1200,1400",
                 f"--screenshot={shot}",

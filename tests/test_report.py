@@ -20,6 +20,7 @@ import pytest
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.report import (
+    HEADLESS_CHROMIUM_FLAGS,
     HIGH_MOTION_FD_MM,
     NULL_CALIBRATION_NOTE,
     compare_with_truth,
@@ -322,18 +323,7 @@ def test_rerun_skips_reports_that_are_up_to_date(reports):
 # Rendering in a real browser
 
 
-_CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--remote-debugging-pipe",
-)
+_CHROMIUM_FLAGS = (*HEADLESS_CHROMIUM_FLAGS, "--remote-debugging-pipe")
 
 
 class _Chromium:

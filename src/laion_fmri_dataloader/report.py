@@ -46,6 +46,7 @@ from laion_fmri_dataloader.files import write_text
 from laion_fmri_dataloader.sidecar import MapSidecar
 
 __all__ = [
+    "HEADLESS_CHROMIUM_FLAGS",
     "HIGH_MOTION_FD_MM",
     "HIGH_MOTION_SHARE_LIMIT",
     "MAX_CLUSTERS",
@@ -68,6 +69,20 @@ __all__ = [
 
 log = logging.getLogger("laion_fmri")
 
+#: Flags to open a report in headless Chromium offline, as root, with a fresh
+#: ``--user-data-dir``: without the networking flags Chromium tries to reach
+#: Google's hosts at start-up.
+HEADLESS_CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 #: Folder of the reports below the GLM derivative root.
 REPORTS_DIR = PurePosixPath("reports")
 #: |z| above which subject maps are drawn and peaks listed (p < 0.001, one-sided).
