@@ -301,12 +301,12 @@ def _intersect_masks(runs: Sequence[RunInputs]) -> tuple[np.ndarray, nib.Nifti1I
 
 @contextlib.contextmanager
 def _quick_thread_switches(interval: float = 0.0002) -> Iterator[None]:
-    """Hand the GIL over more often while the designs are built.
+    """Hand the GIL over more often while a run is read in the background.
 
     The reader thread needs the GIL for a moment between chunks it decompresses;
-    with Python's default 5 ms switch interval, nilearn's import running beside
-    it delays every chunk (measured: the read of a 2 mm run took 2.1 s instead
-    of 1.7 s).
+    with Python's default 5 ms switch interval, Python code running beside it
+    (then nilearn's import, now the figure) delayed every chunk (measured: the
+    read of a 2 mm run took 2.1 s instead of 1.7 s).
     """
     previous = sys.getswitchinterval()
     sys.setswitchinterval(interval)
@@ -396,21 +396,19 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         log.info("sub-%s: outputs complete and up to date, skipped", label)
         return SubjectResult(f"sub-{label}", "skipped", len(runs))
     mask, reference = _intersect_masks(runs)
-    # Overlap what holds the GIL (nilearn's import and the designs, then the
-    # figure) with what mostly does not (decompressing the first run, then the
-    # fits' BLAS); a single run's data is read ahead, so memory stays that of
-    # one run.
-    with ThreadPoolExecutor(max_workers=1) as background:
+    # Decompressing the first run (zlib-ng, mostly without the GIL) takes most of
+    # a subject's time; the designs and their figure (matplotlib, with the GIL)
+    # are made meanwhile, on the other core.  Only one run's data is read ahead,
+    # so memory stays that of one run.
+    with ThreadPoolExecutor(max_workers=2) as background, _quick_thread_switches():
         first_series = background.submit(
             _read_series, runs[0].bold, mask, config.model.smoothing_fwhm
         )
-        with _quick_thread_switches():
-            designs = _prepare(config, runs)
+        designs = _prepare(config, runs)
+        figure_png = background.submit(_design_figure_png, designs, label, config.task)
         fit = _fit_subject(
             config, label, designs, mask, reference, fingerprint, first_series
         )
-        # drawn while the maps are compressed (zlib releases the GIL)
-        figure_png = background.submit(_design_figure_png, designs, label, config.task)
         _write_subject(config, label, fit, figure_png)
     return SubjectResult(
         f"sub-{label}", "done", len(designs.runs), warnings=fit.warnings
@@ -461,8 +459,12 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
             data = _read_series(run.inputs.bold, mask, config.model.smoothing_fwhm)
         per_run.append(fit_ar1_contrasts(data, run.design.to_numpy(), vectors))
         del data
+    # One run is its own result, as in nilearn's FirstLevelModel; several are
+    # combined by fixed effects.
     combined = {
-        name: fixed_effects([results[name] for results in per_run])
+        name: per_run[0][name]
+        if len(per_run) == 1
+        else fixed_effects([results[name] for results in per_run])
         for name in config.contrasts
     }
     # A voxel is unusable when no contrast could be estimated in it (NaN or
