@@ -28,9 +28,10 @@ on the element-wise steps too.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.linalg
@@ -44,9 +45,13 @@ __all__ = [
     "ar1_coefficients",
     "fit_ar1_contrasts",
     "fixed_effects",
+    "map_threads",
     "mean_scale",
     "t_to_z",
 ]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # nilearn's floors: a contrast variance below _TINY_VARIANCE is raised to it
 # before dividing (nilearn.glm.contrasts.DEF_TINY) and fixed effects floor run
@@ -63,7 +68,7 @@ _PERFECT_FIT = 1e-10
 # further out the log is taken from a series (see _log_t_tail).
 _MIN_DIRECT_SF = 1e-260
 
-_DEFAULT_CHUNK = 4096
+_DEFAULT_CHUNK = 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,21 +246,57 @@ def fit_ar1_contrasts(
     n_threads = _check_threads(n_threads)
 
     stats = _voxel_stats(data, design, scale, n_threads)
-    effect, variance, perfect_fit = _ar1_refit(stats, design, weights, n_bins)
+    effect, variance, perfect_fit = _ar1_refit(
+        stats, design, weights, n_bins, n_threads
+    )
 
     dof = float(n_scans - _design_rank(design))
     degenerate = stats.degenerate | perfect_fit
     estimable = _estimable(weights, design)
-    results = {}
-    for index, name in enumerate(contrasts):
-        results[name] = _contrast_result(
+    results = map_threads(
+        lambda index: _contrast_result(
             effect[:, index],
             variance[:, index],
             dof,
             degenerate | ~estimable[index],
             dtype,
-        )
-    return results
+        ),
+        range(len(weights)),
+        n_threads,
+    )
+    return dict(zip(contrasts, results, strict=True))
+
+
+def map_threads(
+    function: Callable[[T], R], items: Iterable[T], n_threads: int | None = None
+) -> list[R]:
+    """``[function(item) for item in items]`` on ``n_threads`` threads.
+
+    For work that spends its time in numpy and scipy calls on large arrays,
+    which release the GIL (ufuncs, BLAS, ``scipy.special``).  BLAS is held to
+    one thread per worker meanwhile, so that threads do not oversubscribe.
+
+    Parameters
+    ----------
+    function : callable
+        Applied to each item.
+    items : iterable
+        The work.
+    n_threads : int or None, default=None
+        ``None`` uses every CPU this process may run on.
+
+    Returns
+    -------
+    list
+        The results, in the order of ``items``.
+    """
+    n_threads = _check_threads(n_threads)
+    items = list(items)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_threads == 1 or len(items) < 2:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(min(n_threads, len(items))) as pool:
+            return list(pool.map(function, items))
 
 
 def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
@@ -460,14 +501,7 @@ def _voxel_stats(
         )
         degenerate[start:stop] = bad
 
-    starts = range(0, n_voxels, _DEFAULT_CHUNK)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_threads == 1:
-            for start in starts:
-                process(start)
-        else:
-            with ThreadPoolExecutor(n_threads) as pool:
-                list(pool.map(process, starts))
+    map_threads(process, range(0, n_voxels, _DEFAULT_CHUNK), n_threads)
 
     sum_sq, lag_sum_sq, last, residual_sq, residual_lag, residual_sum, ends = sums
     residual_sum[degenerate] = 0
@@ -496,7 +530,11 @@ def _voxel_stats(
 
 
 def _ar1_refit(
-    stats: _VoxelStats, design: np.ndarray, weights: np.ndarray, n_bins: int
+    stats: _VoxelStats,
+    design: np.ndarray,
+    weights: np.ndarray,
+    n_bins: int,
+    n_threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whitened refit per AR bin.
 
@@ -512,9 +550,8 @@ def _ar1_refit(
     effect = np.empty((stats.rho.size, len(weights)))
     variance = np.empty((stats.rho.size, len(weights)))
     perfect_fit = np.empty(stats.rho.size, dtype=bool)
-    for voxels in np.split(order, edges):
-        if voxels.size == 0:
-            continue
+
+    def refit(voxels: np.ndarray) -> None:
         rho = bin_index[voxels[0]] * 1.0 / n_bins
         whitened = design.copy()
         whitened[1:] = whitened[1:] - rho * design[:-1]
@@ -538,6 +575,10 @@ def _ar1_refit(
         effect[voxels] = beta @ weights.T
         contrast_cov = np.einsum("kp,pq,kq->k", weights, cov, weights)
         variance[voxels] = dispersion[:, None] * contrast_cov
+
+    # bins write disjoint voxels
+    bins = [voxels for voxels in np.split(order, edges) if voxels.size]
+    map_threads(refit, bins, n_threads)
     return effect, variance, perfect_fit
 
 
