@@ -58,6 +58,7 @@ from laion_fmri_dataloader.glm.engine import (
     ContrastResult,
     fit_ar1_contrasts,
     fixed_effects,
+    map_threads,
 )
 from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
@@ -461,12 +462,19 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
         del data
     # One run is its own result, as in nilearn's FirstLevelModel; several are
     # combined by fixed effects.
-    combined = {
-        name: per_run[0][name]
-        if len(per_run) == 1
-        else fixed_effects([results[name] for results in per_run])
-        for name in config.contrasts
-    }
+    if len(per_run) == 1:
+        combined = per_run[0]
+    else:
+        combined = dict(
+            zip(
+                config.contrasts,
+                map_threads(
+                    lambda name: fixed_effects([results[name] for results in per_run]),
+                    config.contrasts,
+                ),
+                strict=True,
+            )
+        )
     # A voxel is unusable when no contrast could be estimated in it (NaN or
     # constant series); a contrast degenerate everywhere is caught before the fit.
     degenerate = np.logical_and.reduce([r.degenerate for r in combined.values()])
