@@ -29,11 +29,12 @@ import pytest
 from distributed import Client, get_task_stream
 
 from laion_fmri_dataloader import cli
+from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
 from laion_fmri_dataloader.glm.first_level import FirstLevelConfig, SubjectResult
 from laion_fmri_dataloader.glm.group_level import GroupConfig
 from laion_fmri_dataloader.glm.inference import sign_flip_max_t
-from laion_fmri_dataloader.run import run_participants
+from laion_fmri_dataloader.run import _resolve_scheduler, run_participants
 from laion_fmri_dataloader.scheduling import (
     distributed_sign_flip,
     map_subjects,
@@ -445,7 +446,7 @@ def test_distributed_sign_flip_checks_like_in_process(n_subjects, changes):
 @pytest.mark.parametrize(
     ("scheduler", "options", "message"),
     [
-        ("lcoal", {}, "--scheduler must be 'local', 'slurm', 'none' or"),
+        ("lcoal", {}, "--scheduler must be 'auto', 'local', 'slurm', 'none' or"),
         ("local", {"workers": 0}, "--workers must be a whole number >= 1; got 0"),
         ("local", {"memory_per_worker": "lots"}, "must be a size such as 4GiB"),
         ("slurm", {}, "--scheduler slurm needs --memory-per-worker"),
@@ -587,3 +588,17 @@ def test_slurm_job_script_has_requested_options():
     ):
         assert line in lines
     assert "--lifetime 55m --resources subject=1" in script
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "n_subjects", "expected"),
+    [
+        ("auto", 1, "none"),
+        ("auto", 5, "local" if usable_cpus() > 1 else "none"),
+        ("local", 1, "local"),
+        ("none", 5, "none"),
+        ("tcp://127.0.0.1:8786", 1, "tcp://127.0.0.1:8786"),
+    ],
+)
+def test_auto_scheduler_runs_one_subject_in_process(scheduler, n_subjects, expected):
+    assert _resolve_scheduler(scheduler, n_subjects) == expected

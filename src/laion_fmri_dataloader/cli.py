@@ -192,9 +192,10 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group("scheduling")
     scale.add_argument(
         "--scheduler",
-        default="local",
-        help="'local' (a Dask LocalCluster), 'slurm' (dask-jobqueue), 'none' "
-        "(in this process) or a scheduler address tcp://HOST:PORT",
+        default="auto",
+        help="'auto' (default: in this process for one subject or on one CPU, "
+        "else 'local'), 'local' (a Dask LocalCluster), 'slurm' (dask-jobqueue), "
+        "'none' (in this process) or a scheduler address tcp://HOST:PORT",
     )
     scale.add_argument(
         "--workers", type=int, default=None, help="number of Dask workers"

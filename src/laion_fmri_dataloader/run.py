@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.bids_input import DEFAULT_CONFOUNDS, find_subjects
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS, parse_contrast
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError, LaionFmriError
@@ -119,11 +120,24 @@ def run_participants(
 ) -> list[SubjectResult]:
     """First level of every subject; failures on bad input are returned, not raised."""
     write_dataset_description(config.output_dir, config.bids_dir)
+    scheduler = _resolve_scheduler(scheduler, len(subjects))
     if scheduler == "none":
         return [_run_one(config, subject) for subject in subjects]
     from laion_fmri_dataloader.scheduling import map_subjects
 
     return map_subjects(_run_one, config, subjects, scheduler=scheduler, **options)
+
+
+def _resolve_scheduler(scheduler: str, n_subjects: int) -> str:
+    """``--scheduler auto``: this process for one subject or one CPU, else local.
+
+    A LocalCluster costs seconds to start (measured: one 2 mm subject took 7.9 s
+    on it and 3.7 s in this process), and the in-process fit already uses every
+    core; it pays off from two subjects on a machine with several cores.
+    """
+    if scheduler != "auto":
+        return scheduler
+    return "none" if n_subjects <= 1 or usable_cpus() <= 1 else "local"
 
 
 def _summarise(results: Sequence[SubjectResult]) -> int:
@@ -183,7 +197,9 @@ def run_glm_command(args: argparse.Namespace) -> int:
         smoothing_fwhm=args.smoothing_fwhm,
         force=args.force,
     )
-    run_group(group, scheduler=args.scheduler, **options)
+    # the permutations run on this machine's cores unless a cluster is named
+    scheduler = "none" if args.scheduler == "auto" else args.scheduler
+    run_group(group, scheduler=scheduler, **options)
     if args.reports:
         from laion_fmri_dataloader.report import write_reports
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-import os
 import re
 import shutil
 import sys
@@ -48,6 +47,7 @@ from distributed import Client, KilledWorker, LocalCluster, as_completed
 from distributed.system import MEMORY_LIMIT
 from threadpoolctl import threadpool_limits
 
+from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.errors import InputError
 from laion_fmri_dataloader.glm.first_level import SubjectResult
 from laion_fmri_dataloader.glm.inference import (
@@ -96,12 +96,6 @@ _OPEN_CLIENTS: dict[tuple, Client] = {}
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 
 
-def _n_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _check_workers(workers: int | None) -> int | None:
     if workers is None:
         return None
@@ -127,7 +121,8 @@ def _check_scheduler(scheduler: str) -> None:
     if scheduler in _NAMED_SCHEDULERS or "://" in str(scheduler):
         return
     raise InputError(
-        "--scheduler must be 'local', 'slurm', 'none' or a scheduler address such as "
+        "--scheduler must be 'auto', 'local', 'slurm', 'none' or a scheduler address "
+        "such as "
         f"tcp://HOST:PORT; got {scheduler!r}"
     )
 
@@ -247,7 +242,7 @@ def _quiet_dask_logs() -> Iterator[None]:
 def _local_client(
     workers: int | None, memory_per_worker: str | None
 ) -> Iterator[Client]:
-    n_workers = workers or _n_cores()
+    n_workers = workers or usable_cpus()
     memory_limit = (
         _check_memory(memory_per_worker)
         if memory_per_worker

@@ -27,7 +27,6 @@ on the element-wise steps too.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import scipy.linalg
 from scipy import special
 from threadpoolctl import threadpool_limits
 
+from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.errors import InputError
 
 __all__ = [
@@ -654,11 +654,7 @@ def _check_dtype(dtype: type[np.floating]) -> type[np.floating]:
 
 def _check_threads(n_threads: int | None) -> int:
     if n_threads is None:
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
+        return usable_cpus()
     if n_threads < 1:
         raise InputError(f"n_threads must be at least 1; got {n_threads}")
     return int(n_threads)

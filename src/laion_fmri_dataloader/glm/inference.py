@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
+from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
 from laion_fmri_dataloader.glm.second_level import one_sample_t
 
@@ -652,12 +652,6 @@ class PermutationResult:
         return self.p_fwe <= self.alpha
 
 
-def _n_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 @functools.cache
 def _blas_controller() -> ThreadpoolController:
     # Finding the loaded BLAS libraries takes ~15 ms; do it once per process.
@@ -785,7 +779,7 @@ def sign_flip_max_t(
     total_chunks = n_chunks(n_subjects, n_used, chunk_size)
     with (
         _blas_controller().limit(limits=1, user_api="blas"),
-        ThreadPoolExecutor(max_workers=min(_n_cores(), total_chunks)) as pool,
+        ThreadPoolExecutor(max_workers=min(usable_cpus(), total_chunks)) as pool,
     ):
         max_t = np.concatenate(list(pool.map(run_chunk, range(total_chunks))))
     return permutation_result(
