@@ -4,8 +4,9 @@ Three fresh processes do the same job on the same simulated run, interleaved
 so that they see the same machine load, best (min) of ``--repeat``:
 
 * ``ours``: the command a user runs, ``laion-fmri glm BIDS OUT participant
-  --scheduler none --force``: start-up, read the ``.nii.gz`` inputs, design,
-  AR(1) fit, fixed effects, 24 maps + sidecars, mask, design-matrix PNG.
+  --force`` (the default ``--scheduler auto`` fits a single subject in the
+  process): start-up, read the ``.nii.gz`` inputs, design, AR(1) fit, 24 maps
+  + sidecars, mask, design-matrix PNG.
 * ``nilearn``: the same work written with nilearn and nibabel: ``nib.load``,
   ``FirstLevelModel(t_r, hrf_model="spm", drift_model="cosine",
   high_pass=0.01, noise_model="ar1", mask_img=..., minimize_memory=True)``
@@ -199,7 +200,7 @@ def _worker_ours(data: Path, output: Path) -> None:
     from laion_fmri_dataloader.cli import main
 
     arguments = ["glm", str(data), str(output), "participant"]
-    code = main([*arguments, "--scheduler", "none", "--force"])
+    code = main([*arguments, "--force"])
     if code:
         raise SystemExit(code)
 

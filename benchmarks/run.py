@@ -297,7 +297,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|",
         f"| I/O floor | {_seconds(e2e['floor_wall_s'])} | "
         f"{_seconds(e2e['floor_cpu_s'])} | {e2e['floor_peak_rss_mb']:.0f} MB |",
-        f"| `laion-fmri glm ... participant --scheduler none` | "
+        f"| `laion-fmri glm BIDS OUT participant` (default options) | "
         f"{_seconds(e2e['ours_wall_s'])} | {_seconds(e2e['ours_cpu_s'])} | "
         f"{e2e['ours_peak_rss_mb']:.0f} MB |",
         f"| nilearn + nibabel | {_seconds(e2e['nilearn_wall_s'])} | "
