@@ -7,25 +7,22 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from nilearn.glm.first_level import make_first_level_design_matrix
 
-from laion_fmri_dataloader.glm.design import ModelSettings, _fast_design, make_design
+from laion_fmri_dataloader.glm.design import (
+    ModelSettings,
+    _fast_design,
+    make_design,
+    nilearn_design,
+)
 
 CONFOUND_NAMES = ["trans_x", "rot_z", "global_signal"]
 
 
 def _nilearn_design(events, confounds, n_volumes, repetition_time, settings):
+    frame_times = np.arange(n_volumes) * repetition_time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make_first_level_design_matrix(
-            np.arange(n_volumes) * repetition_time,
-            events=events,
-            hrf_model=settings.hrf_model,
-            drift_model=settings.drift_model,
-            high_pass=settings.high_pass,
-            add_regs=confounds.to_numpy(),
-            add_reg_names=list(confounds.columns),
-        )
+        return nilearn_design(events, confounds, frame_times, settings)
 
 
 def _events(rng, run_seconds, kind):

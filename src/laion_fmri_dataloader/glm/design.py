@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["ModelSettings", "make_design", "plot_designs"]
+__all__ = ["ModelSettings", "make_design", "nilearn_design", "plot_designs"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,21 @@ def make_design(
     """
     frame_times = np.arange(n_volumes) * repetition_time
     design = _fast_design(events, confounds, frame_times, settings)
-    if design is not None:
-        return design
+    if design is None:
+        design = nilearn_design(events, confounds, frame_times, settings)
+    return design
+
+
+def nilearn_design(
+    events: pd.DataFrame,
+    confounds: pd.DataFrame,
+    frame_times: np.ndarray,
+    settings: ModelSettings = ModelSettings(),
+) -> pd.DataFrame:
+    """The same design from nilearn's ``make_first_level_design_matrix``.
+
+    ``frame_times`` in seconds; see :func:`make_design` for the rest.
+    """
     from nilearn.glm.first_level import make_first_level_design_matrix
 
     return make_first_level_design_matrix(
