@@ -12,6 +12,7 @@ import functools
 import gzip
 import http.client
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -689,7 +690,7 @@ def test_any_fsspec_url_works(tmp_path):
 
 
 @pytest.mark.slow
-def test_glm_writes_to_the_bucket_and_the_loader_reads_it(s3, cache, tmp_path):
+def test_glm_writes_to_the_bucket_and_the_loader_reads_it(s3, cache, tmp_path, caplog):
     bids = tmp_path / "bids"
     simulate = ["simulate", str(bids), "--subjects", "3", "--runs", "1"]
     assert cli.main([*simulate, "--n-volumes", "40", "--resolution", "8"]) == 0
@@ -710,6 +711,16 @@ def test_glm_writes_to_the_bucket_and_the_loader_reads_it(s3, cache, tmp_path):
     for position, path in enumerate(puts):
         if path.endswith(".nii.gz"):
             assert puts.index(path.replace(".nii.gz", ".json")) > position
+
+    # A rerun skips the complete subjects: their outputs are fetched into the
+    # stage, found complete, and not sent again.
+    s3.proxy.reset()
+    participant = ["glm", str(bids), output, "participant", "--scheduler", "none"]
+    with caplog.at_level(logging.INFO, logger="laion_fmri"):
+        assert cli.main(participant) == 0
+    assert "0 done, 3 skipped" in caplog.text
+    puts = [r.path for r in s3.proxy.requests if r.method == "PUT"]
+    assert not [path for path in puts if "/first_level/" in path]
 
     s3.proxy.reset()
     group = ["glm", str(bids), output, "group", "--scheduler", "none", "--no-reports"]

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from laion_fmri_dataloader import layout
 from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.bids_input import DEFAULT_CONFOUNDS, find_subjects
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS, parse_contrast
@@ -164,8 +165,19 @@ def run_glm_command(args: argparse.Namespace) -> int:
     if is_remote(args.output_dir):
         from laion_fmri_dataloader.remote import staged_output
 
-        # Write locally, upload once complete; the group level reads first_level.
-        fetch = ("first_level",) if args.analysis_level == "group" else ()
+        # Write locally, upload once complete.  The group level reads the first
+        # level; a participant rerun needs the subjects' outputs that are there
+        # to skip the complete ones (unchanged files are not uploaded again).
+        if args.analysis_level == "group":
+            fetch = ("first_level",)
+        elif args.force:
+            fetch = ()
+        elif args.participant_label:
+            fetch = tuple(
+                str(layout.first_level_dir(label)) for label in args.participant_label
+            )
+        else:
+            fetch = ("first_level",)
         with staged_output(args.output_dir, fetch=fetch) as stage:
             return run_glm_command(
                 argparse.Namespace(**{**vars(args), "output_dir": stage})
