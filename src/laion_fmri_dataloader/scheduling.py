@@ -122,8 +122,7 @@ def _check_scheduler(scheduler: str) -> None:
         return
     raise InputError(
         "--scheduler must be 'auto', 'local', 'slurm', 'none' or a scheduler address "
-        "such as "
-        f"tcp://HOST:PORT; got {scheduler!r}"
+        f"such as tcp://HOST:PORT; got {scheduler!r}"
     )
 
 

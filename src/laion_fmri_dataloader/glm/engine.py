@@ -27,17 +27,14 @@ on the element-wise steps too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import scipy.linalg
 from scipy import special
-from threadpoolctl import threadpool_limits
 
-from laion_fmri_dataloader._system import usable_cpus
+from laion_fmri_dataloader._system import map_threads, usable_cpus
 from laion_fmri_dataloader.errors import InputError
 
 __all__ = [
@@ -45,13 +42,9 @@ __all__ = [
     "ar1_coefficients",
     "fit_ar1_contrasts",
     "fixed_effects",
-    "map_threads",
     "mean_scale",
     "t_to_z",
 ]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 # nilearn's floors: a contrast variance below _TINY_VARIANCE is raised to it
 # before dividing (nilearn.glm.contrasts.DEF_TINY) and fixed effects floor run
@@ -265,38 +258,6 @@ def fit_ar1_contrasts(
         n_threads,
     )
     return dict(zip(contrasts, results, strict=True))
-
-
-def map_threads(
-    function: Callable[[T], R], items: Iterable[T], n_threads: int | None = None
-) -> list[R]:
-    """``[function(item) for item in items]`` on ``n_threads`` threads.
-
-    For work that spends its time in numpy and scipy calls on large arrays,
-    which release the GIL (ufuncs, BLAS, ``scipy.special``).  BLAS is held to
-    one thread per worker meanwhile, so that threads do not oversubscribe.
-
-    Parameters
-    ----------
-    function : callable
-        Applied to each item.
-    items : iterable
-        The work.
-    n_threads : int or None, default=None
-        ``None`` uses every CPU this process may run on.
-
-    Returns
-    -------
-    list
-        The results, in the order of ``items``.
-    """
-    n_threads = _check_threads(n_threads)
-    items = list(items)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_threads == 1 or len(items) < 2:
-            return [function(item) for item in items]
-        with ThreadPoolExecutor(min(n_threads, len(items))) as pool:
-            return list(pool.map(function, items))
 
 
 def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from laion_fmri_dataloader import layout, provenance
+from laion_fmri_dataloader._system import map_threads
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.bids_input import (
     DEFAULT_CONFOUNDS,
@@ -58,7 +59,6 @@ from laion_fmri_dataloader.glm.engine import (
     ContrastResult,
     fit_ar1_contrasts,
     fixed_effects,
-    map_threads,
 )
 from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (

@@ -24,18 +24,15 @@ the maxima in chunk order and reduces them (:func:`fwe_from_max_t`).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from threadpoolctl import ThreadpoolController
 
-from laion_fmri_dataloader._system import usable_cpus
+from laion_fmri_dataloader._system import map_threads
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
 from laion_fmri_dataloader.glm.second_level import one_sample_t
 
@@ -652,12 +649,6 @@ class PermutationResult:
         return self.p_fwe <= self.alpha
 
 
-@functools.cache
-def _blas_controller() -> ThreadpoolController:
-    # Finding the loaded BLAS libraries takes ~15 ms; do it once per process.
-    return ThreadpoolController()
-
-
 def check_permutation_test(
     n_subjects: int,
     *,
@@ -777,11 +768,7 @@ def sign_flip_max_t(
     # small for OpenBLAS threads, which on a busy machine ran 5x slower than one
     # thread. Chunks are computed the same way whichever thread runs them.
     total_chunks = n_chunks(n_subjects, n_used, chunk_size)
-    with (
-        _blas_controller().limit(limits=1, user_api="blas"),
-        ThreadPoolExecutor(max_workers=min(usable_cpus(), total_chunks)) as pool,
-    ):
-        max_t = np.concatenate(list(pool.map(run_chunk, range(total_chunks))))
+    max_t = np.concatenate(map_threads(run_chunk, range(total_chunks)))
     return permutation_result(
         data,
         max_t,
