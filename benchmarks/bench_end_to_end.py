@@ -15,7 +15,7 @@ so that they see the same machine load, best (min) of ``--repeat``:
   JSON sidecars, ``plot_design_matrix`` saved as PNG.
 * ``floor``: only the I/O: start-up, read the BOLD (decompressed whole and
   masked volume by volume, our read path
-  :func:`laion_fmri_dataloader.files.load_masked_series`), mask, events and
+  :func:`laion_fmri_dataloader.io.files.load_masked_series`), mask, events and
   confounds, write 24 maps on the brain mask with our writer, 25 JSON
   sidecars and a PNG of a design-sized matrix.  No process doing the job
   with these readers and writers can be faster.
@@ -113,8 +113,8 @@ def _worker_nilearn(data: Path, output: Path) -> None:
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.plotting import plot_design_matrix
 
-    from laion_fmri_dataloader.bids_input import DEFAULT_CONFOUNDS
     from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
+    from laion_fmri_dataloader.inputs.bids import DEFAULT_CONFOUNDS
 
     warnings.simplefilter("ignore")
     files = inputs(data)
@@ -161,7 +161,7 @@ def _worker_floor(data: Path, output: Path) -> None:
     import nibabel as nib
     import pandas as pd
 
-    from laion_fmri_dataloader.files import (
+    from laion_fmri_dataloader.io.files import (
         load_image,
         load_masked_series,
         save_image,
@@ -238,7 +238,7 @@ def run_method(method: str, data: Path, output: Path) -> dict:
 def agreement(data: Path, ours: Path, nilearn: Path) -> dict:
     """Max |dz| (unclipped voxels), share above 1e-3, max relative effect gap."""
     from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS
-    from laion_fmri_dataloader.files import load_image
+    from laion_fmri_dataloader.io.files import load_image
 
     mask = np.asanyarray(load_image(inputs(data)["mask"]).dataobj) > 0
     max_dz = max_rel_effect = 0.0
@@ -279,7 +279,7 @@ def compare_gzip(data: Path, repeat: int) -> list[dict]:
     import zlib_ng.gzip_ng
     import zlib_ng.gzip_ng_threaded
 
-    from laion_fmri_dataloader.files import load_image
+    from laion_fmri_dataloader.io.files import load_image
 
     bold_path = inputs(data)["bold"]
     mask = np.asanyarray(nib.load(inputs(data)["mask"]).dataobj) > 0

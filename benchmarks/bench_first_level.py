@@ -4,7 +4,7 @@ Builds one run of the asked size (AR(1) noise with voxel-varying coefficients,
 baseline near 1000, block responses to face/scene/object/baseline, a slow
 drift), then fits the six standard contrasts with
 
-* ``ours``: ``laion_fmri_dataloader.glm.engine.fit_ar1_contrasts``;
+* ``ours``: ``laion_fmri_dataloader.stats.engine.fit_ar1_contrasts``;
 * ``run_glm``: nilearn's ``mean_scaling`` + ``run_glm`` + ``compute_contrast``,
   what ``FirstLevelModel`` does once the data are masked;
 * ``first_level_model``: nilearn's ``FirstLevelModel(noise_model="ar1",
@@ -106,7 +106,7 @@ def _rss_mb() -> float:
 
 
 def _fit_ours(data, design, tr):
-    from laion_fmri_dataloader.glm.engine import fit_ar1_contrasts
+    from laion_fmri_dataloader.stats.engine import fit_ar1_contrasts
 
     start = time.perf_counter()
     results = fit_ar1_contrasts(
@@ -193,7 +193,7 @@ def worker(method: str, workdir: Path, tr: float) -> dict:
     # Libraries first, so that the baseline holds them and the peak over it
     # only what the method allocates.
     if method == "ours":
-        import laion_fmri_dataloader.glm.engine  # noqa: F401
+        import laion_fmri_dataloader.stats.engine  # noqa: F401
     else:
         import nilearn.glm.first_level  # noqa: F401
     baseline_mb = _rss_mb()

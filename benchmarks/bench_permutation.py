@@ -37,7 +37,7 @@ def make_effects(n_subjects: int, n_voxels: int, seed: int) -> np.ndarray:
 
 
 def _run_ours(effects: np.ndarray, n_perm: int) -> dict:
-    from laion_fmri_dataloader.glm.inference import sign_flip_max_t
+    from laion_fmri_dataloader.stats.inference import sign_flip_max_t
 
     sign_flip_max_t(effects[:, :100], n_perm=200)
     start = time.perf_counter()
@@ -82,7 +82,7 @@ def _worker(args: argparse.Namespace) -> None:
     effects = make_effects(args.subjects, args.voxels, args.seed)
     # Import (and warm up) before the baseline so the increment is the test's own.
     if args.worker == "ours":
-        import laion_fmri_dataloader.glm.inference  # noqa: F401
+        import laion_fmri_dataloader.stats.inference  # noqa: F401
 
         baseline_mb = peak_rss_mb()
         row = _run_ours(effects, args.n_perm)

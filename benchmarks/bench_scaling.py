@@ -30,9 +30,9 @@ import nibabel as nib
 import numpy as np
 from dask.utils import format_bytes
 
-from laion_fmri_dataloader.glm.first_level import FirstLevelConfig
-from laion_fmri_dataloader.run import run_participants
-from laion_fmri_dataloader.scheduling import open_client
+from laion_fmri_dataloader.pipeline.levels import run_participants
+from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
+from laion_fmri_dataloader.pipeline.scheduling import open_client
 from laion_fmri_dataloader.simulate import simulate_dataset
 
 N_SUBJECTS = 8
@@ -47,7 +47,7 @@ def _resident_after_imports() -> int:
     """Import what a first-level task imports; return the resident memory then."""
     import matplotlib.pyplot  # noqa: F401  (the design-matrix figure)
 
-    import laion_fmri_dataloader.run  # noqa: F401
+    import laion_fmri_dataloader.pipeline.levels  # noqa: F401
 
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize()

@@ -29,15 +29,15 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from laion_fmri_dataloader import layout
-from laion_fmri_dataloader.bids_input import (
+from laion_fmri_dataloader.demo import run_demo
+from laion_fmri_dataloader.inputs.bids import (
     DEFAULT_CONFOUNDS,
     find_runs,
     read_confounds,
     read_events,
     read_repetition_time,
 )
-from laion_fmri_dataloader.demo import run_demo
-from laion_fmri_dataloader.glm.design import make_design, plot_designs
+from laion_fmri_dataloader.pipeline.design_figure import plot_designs
 from laion_fmri_dataloader.report import (
     HEADLESS_CHROMIUM_FLAGS,
     report_path,
@@ -45,6 +45,7 @@ from laion_fmri_dataloader.report import (
 )
 from laion_fmri_dataloader.sidecar import MapSidecar
 from laion_fmri_dataloader.simulate import load_truth
+from laion_fmri_dataloader.stats.design import make_design
 
 IMAGES = Path(__file__).resolve().parent / "images"
 CONTRAST = "faceVsScene"

@@ -7,7 +7,7 @@ import numpy as np
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
-from laion_fmri_dataloader.files import save_image, write_json
+from laion_fmri_dataloader.io.files import save_image, write_json
 from laion_fmri_dataloader.sidecar import (
     CorrectionInfo,
     MapSidecar,

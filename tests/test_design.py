@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from laion_fmri_dataloader.glm.design import (
+from laion_fmri_dataloader.stats.design import (
     ModelSettings,
     _fast_design,
     make_design,

@@ -19,7 +19,7 @@ from scipy import special, stats
 
 from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.glm.engine import (
+from laion_fmri_dataloader.stats.engine import (
     ContrastResult,
     _log_t_tail,
     ar1_coefficients,

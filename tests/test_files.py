@@ -11,12 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from laion_fmri_dataloader.files import atomic_output, load_image, save_image
+from laion_fmri_dataloader.io.files import atomic_output, load_image, save_image
 
 WRITE = """
 import sys
 import numpy as np, nibabel as nib
-from laion_fmri_dataloader.files import save_image
+from laion_fmri_dataloader.io.files import save_image
 rng = np.random.default_rng(0)
 volume = np.zeros((40, 48, 40), np.float32)
 volume[10:30, 10:38, 10:30] = rng.normal(size=(20, 28, 20))
@@ -58,8 +58,8 @@ def test_outputs_follow_the_umask(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
 def test_masked_series_reader_equals_nibabel(tmp_path, dtype):
-    from laion_fmri_dataloader.files import load_masked_series
-    from laion_fmri_dataloader.glm.first_level import masked_timeseries
+    from laion_fmri_dataloader.io.files import load_masked_series
+    from laion_fmri_dataloader.pipeline.participant import masked_timeseries
 
     rng = np.random.default_rng(1)
     data = (rng.normal(size=(7, 8, 6, 30)) * 100 + 1000).astype(dtype)

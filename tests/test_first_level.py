@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from laion_fmri_dataloader import LAIONfMRIDataset, layout
-from laion_fmri_dataloader.bids_input import DEFAULT_CONFOUNDS, find_runs
 from laion_fmri_dataloader.cli import main
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS, contrast_vector
+from laion_fmri_dataloader.inputs.bids import DEFAULT_CONFOUNDS, find_runs
 from laion_fmri_dataloader.sidecar import DatasetDescription, MapSidecar
 
 GLM = ("derivatives", "glm")

@@ -17,7 +17,7 @@ import pytest
 from scipy import ndimage, stats
 
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
-from laion_fmri_dataloader.glm.inference import (
+from laion_fmri_dataloader.stats.inference import (
     bonferroni_mask,
     cluster_table,
     fdr_mask,
@@ -32,7 +32,7 @@ from laion_fmri_dataloader.glm.inference import (
     sign_flip_chunk,
     sign_flip_max_t,
 )
-from laion_fmri_dataloader.glm.second_level import one_sample_t
+from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 ALPHA = 0.05
 

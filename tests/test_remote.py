@@ -32,7 +32,7 @@ from laion_fmri_dataloader.errors import (
     NotFoundError,
     RemoteError,
 )
-from laion_fmri_dataloader.remote import (
+from laion_fmri_dataloader.io.remote import (
     CACHE_ENV,
     RETRY_DELAY_ENV,
     RemoteStore,

@@ -31,17 +31,17 @@ from distributed import Client, get_task_stream
 from laion_fmri_dataloader import cli
 from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
-from laion_fmri_dataloader.glm.first_level import FirstLevelConfig, SubjectResult
-from laion_fmri_dataloader.glm.group_level import GroupConfig
-from laion_fmri_dataloader.glm.inference import sign_flip_max_t
-from laion_fmri_dataloader.run import _resolve_scheduler, run_participants
-from laion_fmri_dataloader.scheduling import (
+from laion_fmri_dataloader.pipeline.group import GroupConfig
+from laion_fmri_dataloader.pipeline.levels import _resolve_scheduler, run_participants
+from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig, SubjectResult
+from laion_fmri_dataloader.pipeline.scheduling import (
     distributed_sign_flip,
     map_subjects,
     open_client,
     slurm_cluster_kwargs,
 )
 from laion_fmri_dataloader.simulate import simulate_dataset
+from laion_fmri_dataloader.stats.inference import sign_flip_max_t
 
 DASK = Path(sys.executable).parent / "dask"
 SUBJECTS = ("01", "02", "03")

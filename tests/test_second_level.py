@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.glm.second_level import one_sample_t
+from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 GRID = (6, 5, 4)
 

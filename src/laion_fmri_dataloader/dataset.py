@@ -26,9 +26,9 @@ import nibabel as nib
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import NotFoundError, did_you_mean
-from laion_fmri_dataloader.files import load_image
+from laion_fmri_dataloader.io.files import load_image
+from laion_fmri_dataloader.io.storage import Store, open_store
 from laion_fmri_dataloader.sidecar import MapSidecar
-from laion_fmri_dataloader.storage import Store, open_store
 
 __all__ = ["LAIONfMRIDataset"]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.glm.first_level import FirstLevelConfig
-from laion_fmri_dataloader.glm.group_level import GroupConfig, run_group
+from laion_fmri_dataloader.pipeline.group import GroupConfig, run_group
+from laion_fmri_dataloader.pipeline.levels import run_participants, select_subjects
+from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
 from laion_fmri_dataloader.report import report_path, write_reports
-from laion_fmri_dataloader.run import run_participants, select_subjects
 from laion_fmri_dataloader.simulate import SimulationConfig, simulate_dataset
 
 __all__ = ["DEMO_SUBJECTS", "default_scheduler", "demo_simulation", "run_demo"]
@@ -40,7 +40,9 @@ def default_scheduler() -> str:
     every step in this process.
     """
     try:
-        scheduling = importlib.import_module("laion_fmri_dataloader.scheduling")
+        scheduling = importlib.import_module(
+            "laion_fmri_dataloader.pipeline.scheduling"
+        )
     except ImportError:
         return "none"
     needed = ("map_subjects", "distributed_sign_flip")

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
-from laion_fmri_dataloader.files import load_image
+from laion_fmri_dataloader.io.files import load_image
 from laion_fmri_dataloader.layout import subject_label, validate_label
 
 __all__ = [

@@ -3,7 +3,7 @@
 The model is nilearn's ``SecondLevelModel`` with an intercept-only design: ordinary
 least squares on ``n_subjects`` observations per voxel, ``n_subjects - 1`` degrees of
 freedom.  z comes from t through the exact t distribution in log space, as at the
-first level (:func:`laion_fmri_dataloader.glm.engine.t_to_z`), so that it does not
+first level (:func:`laion_fmri_dataloader.stats.engine.t_to_z`), so that it does not
 saturate at large t (nilearn clips p at 1e-300, z = 37).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from scipy import special
 
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.glm.engine import t_to_z
+from laion_fmri_dataloader.stats.engine import t_to_z
 
 __all__ = ["OneSampleResult", "one_sample_t"]
 

@@ -98,7 +98,7 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _glm(args: argparse.Namespace) -> int:
-    from laion_fmri_dataloader.run import run_glm_command
+    from laion_fmri_dataloader.pipeline.levels import run_glm_command
 
     return run_glm_command(args)
 

@@ -15,11 +15,9 @@ were made from the same inputs with the same parameters.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +29,14 @@ import pandas as pd
 from laion_fmri_dataloader import layout, provenance
 from laion_fmri_dataloader._system import map_threads
 from laion_fmri_dataloader._version import __version__
-from laion_fmri_dataloader.bids_input import (
+from laion_fmri_dataloader.contrasts import (
+    CONDITIONS,
+    STANDARD_CONTRASTS,
+    Contrast,
+    contrast_vector,
+)
+from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.inputs.bids import (
     DEFAULT_CONFOUNDS,
     RunInputs,
     find_runs,
@@ -41,25 +46,13 @@ from laion_fmri_dataloader.bids_input import (
     read_mask,
     read_repetition_time,
 )
-from laion_fmri_dataloader.contrasts import (
-    CONDITIONS,
-    STANDARD_CONTRASTS,
-    Contrast,
-    contrast_vector,
-)
-from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.files import (
+from laion_fmri_dataloader.io.files import (
     atomic_output,
     load_masked_series,
     save_image,
     write_json,
 )
-from laion_fmri_dataloader.glm.design import ModelSettings, make_design, plot_designs
-from laion_fmri_dataloader.glm.engine import (
-    ContrastResult,
-    fit_ar1_contrasts,
-    fixed_effects,
-)
+from laion_fmri_dataloader.pipeline.design_figure import plot_designs
 from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
     DatasetDescription,
@@ -68,6 +61,12 @@ from laion_fmri_dataloader.sidecar import (
     ModelInfo,
     contrast_info,
     software_versions,
+)
+from laion_fmri_dataloader.stats.design import ModelSettings, make_design
+from laion_fmri_dataloader.stats.engine import (
+    ContrastResult,
+    fit_ar1_contrasts,
+    fixed_effects,
 )
 
 __all__ = [
@@ -300,23 +299,6 @@ def _intersect_masks(runs: Sequence[RunInputs]) -> tuple[np.ndarray, nib.Nifti1I
     return mask, reference
 
 
-@contextlib.contextmanager
-def _quick_thread_switches(interval: float = 0.0002) -> Iterator[None]:
-    """Hand the GIL over more often while a run is read in the background.
-
-    The reader thread needs the GIL for a moment between chunks it decompresses;
-    with Python's default 5 ms switch interval, Python code running beside it
-    (then nilearn's import, now the figure) delayed every chunk (measured: the
-    read of a 2 mm run took 2.1 s instead of 1.7 s).
-    """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(interval)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
-
-
 def _read_series(bold_path: Path, mask: np.ndarray, smoothing_fwhm) -> np.ndarray:
     """A run's brain time series, (n_volumes, n_voxels) float32."""
     if smoothing_fwhm:
@@ -401,7 +383,7 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     # a subject's time; the designs and their figure (matplotlib, with the GIL)
     # are made meanwhile, on the other core.  Only one run's data is read ahead,
     # so memory stays that of one run.
-    with ThreadPoolExecutor(max_workers=2) as background, _quick_thread_switches():
+    with ThreadPoolExecutor(max_workers=2) as background:
         first_series = background.submit(
             _read_series, runs[0].bold, mask, config.model.smoothing_fwhm
         )

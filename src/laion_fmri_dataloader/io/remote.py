@@ -1,6 +1,6 @@
 """Derivatives in an object store: listings, a verified local cache, uploads.
 
-:class:`RemoteStore` is the :class:`~laion_fmri_dataloader.storage.Store` of a
+:class:`RemoteStore` is the :class:`~laion_fmri_dataloader.io.storage.Store` of a
 URL such as ``s3://bucket/prefix`` (any fsspec URL works).  It lists folders
 with one request each, remembered for the store's lifetime, and downloads only
 the files the loader asks for, into a local cache where they are reused
@@ -81,7 +81,7 @@ from laion_fmri_dataloader.errors import (
     RemoteError,
     did_you_mean,
 )
-from laion_fmri_dataloader.files import write_json
+from laion_fmri_dataloader.io.files import write_json
 
 __all__ = [
     "CACHE_ENV",
@@ -931,7 +931,7 @@ def staged_output(
     except BaseException:
         log.warning(
             "outputs in %s were not (all) uploaded to %s; upload them with "
-            "laion_fmri_dataloader.remote.upload_tree",
+            "laion_fmri_dataloader.io.remote.upload_tree",
             stage,
             output_url,
         )

@@ -66,7 +66,7 @@ def open_store(
 ) -> Store:
     """Open a local folder, or a remote URL through :mod:`.remote`."""
     if is_remote(data_dir):
-        from laion_fmri_dataloader.remote import RemoteStore
+        from laion_fmri_dataloader.io.remote import RemoteStore
 
         return RemoteStore(
             os.fspath(data_dir), cache_dir=cache_dir, storage_options=storage_options

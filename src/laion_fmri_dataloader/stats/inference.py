@@ -1,7 +1,7 @@
 """Multiple-comparison correction of group maps, on arrays.
 
 Three corrections of the voxel-wise one-sample t test
-(:func:`laion_fmri_dataloader.glm.second_level.one_sample_t`):
+(:func:`laion_fmri_dataloader.stats.second_level.one_sample_t`):
 
 - false discovery rate by Benjamini-Hochberg (:func:`fdr_threshold`,
   :func:`fdr_mask`);
@@ -34,7 +34,7 @@ import pandas as pd
 
 from laion_fmri_dataloader._system import map_threads
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError
-from laion_fmri_dataloader.glm.second_level import one_sample_t
+from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

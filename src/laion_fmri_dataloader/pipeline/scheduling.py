@@ -7,7 +7,7 @@ address of a running scheduler (``tcp://HOST:PORT``).
 
 :func:`map_subjects` runs the first level as one task per subject.  A task reads
 its inputs and writes its outputs itself, so that only the configuration and a
-small :class:`~laion_fmri_dataloader.glm.first_level.SubjectResult` travel
+small :class:`~laion_fmri_dataloader.pipeline.participant.SubjectResult` travel
 through the scheduler, and each worker thread holds one subject at a time.  When
 a worker dies, the scheduler reruns its task elsewhere; outputs are written
 atomically and deterministically, so the rerun gives the bytes an undisturbed
@@ -16,7 +16,7 @@ itself, which makes an interrupted run resumable by running it again.
 
 :func:`distributed_sign_flip` computes the chunks of a sign-flip permutation test
 on the workers and reduces them on the client, with the result of
-:func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t` bit for bit (on
+:func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t` bit for bit (on
 ``"local"`` it runs in this process, where that function already uses every
 core).
 
@@ -49,8 +49,9 @@ from threadpoolctl import threadpool_limits
 
 from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.glm.first_level import SubjectResult
-from laion_fmri_dataloader.glm.inference import (
+from laion_fmri_dataloader.layout import subject_label
+from laion_fmri_dataloader.pipeline.participant import SubjectResult
+from laion_fmri_dataloader.stats.inference import (
     DEFAULT_CHUNK_SIZE,
     PermutationResult,
     SignFlipData,
@@ -62,7 +63,6 @@ from laion_fmri_dataloader.glm.inference import (
     sign_flip_chunk,
     sign_flip_max_t,
 )
-from laion_fmri_dataloader.layout import subject_label
 
 __all__ = [
     "distributed_sign_flip",
@@ -637,7 +637,7 @@ def distributed_sign_flip(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     **options: Any,
 ) -> PermutationResult:
-    """:func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t` on Dask workers.
+    """:func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t` on Dask workers.
 
     With ``scheduler="local"`` and no :func:`open_client` block open for it, the
     test runs in this process instead: ``sign_flip_max_t`` already uses every
@@ -646,7 +646,7 @@ def distributed_sign_flip(
 
     The effects are normalised once on the client and broadcast to the workers;
     each task computes the maxima of a run of consecutive chunks of sign flips
-    (:func:`~laion_fmri_dataloader.glm.inference.flips_for_chunk`, which depend
+    (:func:`~laion_fmri_dataloader.stats.inference.flips_for_chunk`, which depend
     only on the seed and the chunk index), and the client concatenates them in
     chunk order.  The result is therefore the in-process result bit for bit,
     whatever the number of workers or the order in which tasks finish.
@@ -668,12 +668,12 @@ def distributed_sign_flip(
     Returns
     -------
     PermutationResult
-        As :func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t`.
+        As :func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t`.
 
     Raises
     ------
     InputError, InvalidLabelError
-        Exactly when :func:`~laion_fmri_dataloader.glm.inference.sign_flip_max_t`
+        Exactly when :func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t`
         raises them, before any client is opened.
     """
     if scheduler == "local" and _client_spec(scheduler, **options) not in _OPEN_CLIENTS:

@@ -24,17 +24,12 @@ from laion_fmri_dataloader import layout, provenance
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
-from laion_fmri_dataloader.files import load_image, save_image, write_json, write_text
-from laion_fmri_dataloader.glm.inference import (
-    bonferroni_mask,
-    cluster_table,
-    fdr_threshold,
-    min_n_perm,
-    min_subjects_for_permutation,
-    permutation_count,
-    sign_flip_max_t,
+from laion_fmri_dataloader.io.files import (
+    load_image,
+    save_image,
+    write_json,
+    write_text,
 )
-from laion_fmri_dataloader.glm.second_level import OneSampleResult, one_sample_t
 from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
     ContrastInfo,
@@ -43,6 +38,16 @@ from laion_fmri_dataloader.sidecar import (
     ModelInfo,
     software_versions,
 )
+from laion_fmri_dataloader.stats.inference import (
+    bonferroni_mask,
+    cluster_table,
+    fdr_threshold,
+    min_n_perm,
+    min_subjects_for_permutation,
+    permutation_count,
+    sign_flip_max_t,
+)
+from laion_fmri_dataloader.stats.second_level import OneSampleResult, one_sample_t
 
 __all__ = [
     "MIN_SUBJECTS",
@@ -351,7 +356,7 @@ def _permutation(effects, config, scheduler, options):
             one_sided=config.one_sided,
             seed=config.seed,
         )
-    from laion_fmri_dataloader.scheduling import distributed_sign_flip
+    from laion_fmri_dataloader.pipeline.scheduling import distributed_sign_flip
 
     return distributed_sign_flip(effects, config, scheduler=scheduler, **options)
 

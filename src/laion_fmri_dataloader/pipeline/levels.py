@@ -14,18 +14,18 @@ from pathlib import Path
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader._system import usable_cpus
-from laion_fmri_dataloader.bids_input import DEFAULT_CONFOUNDS, find_subjects
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS, parse_contrast
 from laion_fmri_dataloader.errors import InputError, InvalidLabelError, LaionFmriError
-from laion_fmri_dataloader.glm.design import ModelSettings
-from laion_fmri_dataloader.glm.first_level import (
+from laion_fmri_dataloader.inputs.bids import DEFAULT_CONFOUNDS, find_subjects
+from laion_fmri_dataloader.io.storage import is_remote
+from laion_fmri_dataloader.layout import subject_label
+from laion_fmri_dataloader.pipeline.participant import (
     FirstLevelConfig,
     SubjectResult,
     run_subject,
     write_dataset_description,
 )
-from laion_fmri_dataloader.layout import subject_label
-from laion_fmri_dataloader.storage import is_remote
+from laion_fmri_dataloader.stats.design import ModelSettings
 
 __all__ = [
     "config_from_args",
@@ -124,7 +124,7 @@ def run_participants(
     scheduler = _resolve_scheduler(scheduler, len(subjects))
     if scheduler == "none":
         return [_run_one(config, subject) for subject in subjects]
-    from laion_fmri_dataloader.scheduling import map_subjects
+    from laion_fmri_dataloader.pipeline.scheduling import map_subjects
 
     return map_subjects(_run_one, config, subjects, scheduler=scheduler, **options)
 
@@ -163,7 +163,7 @@ def _summarise(results: Sequence[SubjectResult]) -> int:
 def run_glm_command(args: argparse.Namespace) -> int:
     """``laion-fmri glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
     if is_remote(args.output_dir):
-        from laion_fmri_dataloader.remote import staged_output
+        from laion_fmri_dataloader.io.remote import staged_output
 
         # Write locally, upload once complete.  The group level reads the first
         # level; a participant rerun needs the subjects' outputs that are there
@@ -195,7 +195,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
         subjects = select_subjects(config, args.participant_label)
         results = run_participants(config, subjects, args.scheduler, **options)
         return _summarise(results)
-    from laion_fmri_dataloader.glm.group_level import GroupConfig, run_group
+    from laion_fmri_dataloader.pipeline.group import GroupConfig, run_group
 
     group = GroupConfig(
         output_dir=Path(args.output_dir),

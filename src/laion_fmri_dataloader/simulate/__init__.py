@@ -163,7 +163,7 @@ from laion_fmri_dataloader.errors import (
     NotFoundError,
     did_you_mean,
 )
-from laion_fmri_dataloader.files import atomic_output, write_json, write_text
+from laion_fmri_dataloader.io.files import atomic_output, write_json, write_text
 from laion_fmri_dataloader.layout import validate_label
 
 __all__ = [

@@ -39,10 +39,10 @@ import pandas as pd
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader._version import __version__
-from laion_fmri_dataloader.bids_input import parse_entities
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import NotFoundError
-from laion_fmri_dataloader.files import write_text
+from laion_fmri_dataloader.inputs.bids import parse_entities
+from laion_fmri_dataloader.io.files import write_text
 from laion_fmri_dataloader.sidecar import MapSidecar
 
 __all__ = [
@@ -662,7 +662,7 @@ def _strongest_clusters(
 
 
 def _peaks_table(image: nib.Nifti1Image) -> str:
-    from laion_fmri_dataloader.glm.inference import cluster_table
+    from laion_fmri_dataloader.stats.inference import cluster_table
 
     data = np.asanyarray(image.dataobj).astype(np.float32)
     kept, n_clusters = _strongest_clusters(data, PEAK_Z_THRESHOLD, MAX_CLUSTERS)

@@ -1,1 +1,0 @@
-"""First- and second-level GLM: design matrices, the array-level solver, pipelines."""

@@ -1,0 +1,1 @@
+"""Finding and reading a BIDS + fMRIPrep dataset: runs, events, confounds, masks, TR."""

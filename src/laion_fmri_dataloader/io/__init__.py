@@ -1,0 +1,1 @@
+"""Files: NIfTI reading and atomic writing; storage, local and s3."""

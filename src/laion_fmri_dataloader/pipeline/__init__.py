@@ -1,0 +1,1 @@
+"""The analysis levels: read inputs, call the statistics, write outputs; Dask."""
