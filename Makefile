@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/laion-fmri demo laion-fmri-data
+	$(BIN)/laion-fmri-glm demo laion-fmri-data
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,9 +1,9 @@
-"""End to end, one subject: ``laion-fmri glm ... participant`` against nilearn.
+"""End to end, one subject: ``laion-fmri-glm glm ... participant`` against nilearn.
 
 Three fresh processes do the same job on the same simulated run, interleaved
 so that they see the same machine load, best (min) of ``--repeat``:
 
-* ``ours``: the command a user runs, ``laion-fmri glm BIDS OUT participant
+* ``ours``: the command a user runs, ``laion-fmri-glm glm BIDS OUT participant
   --force`` (the default ``--scheduler auto`` fits a single subject in the
   process): start-up, read the ``.nii.gz`` inputs, design, AR(1) fit, 24 maps
   + sidecars, mask, design-matrix PNG.
@@ -195,7 +195,7 @@ def _worker_floor(data: Path, output: Path) -> None:
 
 
 def _worker_ours(data: Path, output: Path) -> None:
-    # What the ``laion-fmri`` console script does, so that the process can
+    # What the ``laion-fmri-glm`` console script does, so that the process can
     # report its own peak memory when the command is done.
     from laion_fmri_dataloader.cli import main
 

@@ -5,7 +5,7 @@ What ``make bench`` runs.  In order:
 1. first level, the AR(1) engine on one run (``bench_first_level``): ours
    against nilearn's ``FirstLevelModel``, max |dz|, peak memory;
 2. end to end, one subject as a user runs it (``bench_end_to_end``): the
-   ``laion-fmri glm ... participant`` command against the same work written
+   ``laion-fmri-glm glm ... participant`` command against the same work written
    with nilearn, and the I/O floor; the gzip readers and writers considered;
 3. group sign-flip permutations (``bench_permutation``): ours against
    nilearn's ``permuted_ols`` (``n_jobs=1``), nilearn's time extrapolated
@@ -140,7 +140,7 @@ def run_all(size: dict, log) -> dict:
         size["voxels"], size["volumes"], size["first_level_repeat"], nilearn=True
     )
 
-    log("end to end: laion-fmri participant vs nilearn vs I/O floor")
+    log("end to end: laion-fmri-glm participant vs nilearn vs I/O floor")
     resolution = size["resolution"]
     data = bench_end_to_end.simulated_run(
         BENCH_DIR / "_data" / f"end-to-end-{resolution:g}mm",
@@ -297,7 +297,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|",
         f"| I/O floor | {_seconds(e2e['floor_wall_s'])} | "
         f"{_seconds(e2e['floor_cpu_s'])} | {e2e['floor_peak_rss_mb']:.0f} MB |",
-        f"| `laion-fmri glm BIDS OUT participant` (default options) | "
+        f"| `laion-fmri-glm glm BIDS OUT participant` (default options) | "
         f"{_seconds(e2e['ours_wall_s'])} | {_seconds(e2e['ours_cpu_s'])} | "
         f"{e2e['ours_peak_rss_mb']:.0f} MB |",
         f"| nilearn + nibabel | {_seconds(e2e['nilearn_wall_s'])} | "

@@ -156,7 +156,7 @@ def test_bad_input_is_one_clear_line(dataset, case, capsys):
     damage(dataset)
     assert _run(dataset) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("laion-fmri: error: ")
+    assert error.startswith("laion-fmri-glm: error: ")
     assert "\n" not in error
     assert "Traceback" not in error
     assert re.search(message, error), error

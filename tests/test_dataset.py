@@ -228,7 +228,7 @@ def test_missing_group_level(tmp_path):
 
     write_derivative_tree(tmp_path, subjects=("01",), group=False)
     dataset = LAIONfMRIDataset(tmp_path)
-    with pytest.raises(NotFoundError, match=r"no group-level maps.*laion-fmri glm"):
+    with pytest.raises(NotFoundError, match=r"no group-level maps.*laion-fmri-glm glm"):
         dataset.load_group_level_contrast("faceVsBaseline")
 
 
@@ -244,7 +244,7 @@ def test_missing_correction(derivative_tree, tmp_path):
 
 def test_no_derivatives(tmp_path):
     with pytest.raises(
-        NotFoundError, match=r"no derivatives/glm folder.*laion-fmri glm"
+        NotFoundError, match=r"no derivatives/glm folder.*laion-fmri-glm glm"
     ):
         LAIONfMRIDataset(tmp_path)
     with pytest.raises(FileNotFoundError):

@@ -471,7 +471,7 @@ def test_unreachable_scheduler_is_input_error(dataset, tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(
-        f"laion-fmri: error: could not connect to the Dask scheduler at {UNREACHABLE}"
+        f"laion-fmri-glm: error: could not connect to the Dask scheduler at {UNREACHABLE}"
     )
     assert "\n" not in error
 
@@ -555,7 +555,7 @@ def test_slurm_job_script_has_requested_options():
     with SLURMCluster(**kwargs) as cluster:
         script = cluster.job_script()
     for line in (
-        "#SBATCH -J laion-fmri",
+        "#SBATCH -J laion-fmri-glm",
         "#SBATCH -p short",
         "#SBATCH -A lab42",
         "#SBATCH -n 1",

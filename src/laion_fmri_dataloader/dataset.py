@@ -80,8 +80,8 @@ class LAIONfMRIDataset:
             raise NotFoundError(
                 f"{dataset_store.describe()} holds no GLM derivatives (no "
                 f"{layout.DERIVATIVE_SUBDIR} folder); make them with "
-                "`laion-fmri glm DATA_DIR DATA_DIR/derivatives/glm participant` "
-                "followed by `... group`, or try `laion-fmri demo`"
+                "`laion-fmri-glm glm DATA_DIR DATA_DIR/derivatives/glm participant` "
+                "followed by `... group`, or try `laion-fmri-glm demo`"
             )
 
     def __repr__(self) -> str:
@@ -276,7 +276,7 @@ class LAIONfMRIDataset:
         if not contrasts:
             raise NotFoundError(
                 f"no group-level maps in {self.root}; make them with "
-                "`laion-fmri glm DATA_DIR DATA_DIR/derivatives/glm group`"
+                "`laion-fmri-glm glm DATA_DIR DATA_DIR/derivatives/glm group`"
             )
         if contrast not in contrasts:
             raise NotFoundError(

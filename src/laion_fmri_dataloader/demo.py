@@ -1,4 +1,4 @@
-"""``laion-fmri demo``: simulate a dataset, fit both levels, write the reports.
+"""``laion-fmri-glm demo``: simulate a dataset, fit both levels, write the reports.
 
 The demo is the shortest path from nothing to a group map a scientist can
 look at: it simulates the default localizer dataset with eight subjects,

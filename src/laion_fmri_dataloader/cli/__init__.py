@@ -1,9 +1,9 @@
-"""``laion-fmri``: the command line.
+"""``laion-fmri-glm``: the command line.
 
 Thin on purpose: it parses arguments, calls the modules and turns every known
 error (:class:`~laion_fmri_dataloader.errors.LaionFmriError`) into one line on
 stderr and exit code 2.  Exit code 1 means a bug.  Heavy modules are imported
-inside the commands, so that ``laion-fmri --help`` starts fast.
+inside the commands, so that ``laion-fmri-glm --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _info(args: argparse.Namespace) -> int:
             if correction not in dataset.corrections(contrast):
                 missing.append(f"group {contrast} {correction}-corrected")
     if not group_contrasts:
-        missing.append("group level (run `laion-fmri glm ... group`)")
+        missing.append("group level (run `laion-fmri-glm glm ... group`)")
     print("missing: " + ("nothing" if not missing else f"{len(missing)}"))
     for item in missing:
         print(f"  {item}")
@@ -208,9 +208,9 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``laion-fmri`` argument parser."""
+    """The ``laion-fmri-glm`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="laion-fmri",
+        prog="laion-fmri-glm",
         description="GLM derivatives of the LAION-fMRI dataset: simulate, fit, load.",
     )
     parser.add_argument(
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``laion-fmri``; return the exit code."""
+    """Run ``laion-fmri-glm``; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -279,11 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except LaionFmriError as error:
-        print(f"laion-fmri: error: {error}", file=sys.stderr)
+        print(f"laion-fmri-glm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            "laion-fmri: interrupted; rerun the same command to resume", file=sys.stderr
+            "laion-fmri-glm: interrupted; rerun the same command to resume", file=sys.stderr
         )
         return 130
 

@@ -16,7 +16,7 @@ Cache layout
 ------------
 ``<cache root>/[<endpoint host>/]<bucket or host>/<key>``.  The cache root is
 ``cache_dir`` if given, else ``$LAION_FMRI_CACHE``, else the user's cache
-folder (``~/.cache/laion-fmri`` on Linux); the endpoint host is there only for
+folder (``~/.cache/laion-fmri-glm`` on Linux); the endpoint host is there only for
 a custom S3 endpoint, so that a local MinIO bucket never shadows an AWS one.
 Beside each file, a dot-file ``.<name>.remote.json`` records the URL, size and
 ETag it was downloaded with.  A copy is reused when its size matches that
@@ -178,11 +178,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder under which remote files are cached.
 
     ``cache_dir`` if given, else ``$LAION_FMRI_CACHE``, else the user's cache
-    folder (``~/.cache/laion-fmri`` on Linux).
+    folder (``~/.cache/laion-fmri-glm`` on Linux).
     """
     chosen = cache_dir or os.environ.get(CACHE_ENV)
     if not chosen:
-        chosen = platformdirs.user_cache_dir("laion-fmri", appauthor=False)
+        chosen = platformdirs.user_cache_dir("laion-fmri-glm", appauthor=False)
     return Path(chosen).expanduser()
 
 

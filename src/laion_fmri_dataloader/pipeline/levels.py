@@ -1,6 +1,6 @@
 """Running the pipeline: which subjects, on which scheduler, with what summary.
 
-``laion-fmri glm ... participant`` runs one task per subject; a subject's
+``laion-fmri-glm glm ... participant`` runs one task per subject; a subject's
 failure on bad input is reported and does not stop the others; the exit code
 is 2 when any subject failed on bad input.  A rerun skips complete subjects.
 """
@@ -60,7 +60,7 @@ def parse_condition_map(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 
 def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
-    """The first-level configuration of a ``laion-fmri glm`` command line."""
+    """The first-level configuration of a ``laion-fmri-glm glm`` command line."""
     extra = tuple(parse_contrast(text) for text in args.contrast)
     clashes = [c.name for c in extra if c.name in STANDARD_CONTRASTS]
     if clashes:
@@ -161,7 +161,7 @@ def _summarise(results: Sequence[SubjectResult]) -> int:
 
 
 def run_glm_command(args: argparse.Namespace) -> int:
-    """``laion-fmri glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
     if is_remote(args.output_dir):
         from laion_fmri_dataloader.io.remote import staged_output
 

@@ -176,7 +176,7 @@ def slurm_cluster_kwargs(
 
     kwargs: dict[str, Any] = {
         "processes": 1,
-        "job_name": "laion-fmri",
+        "job_name": "laion-fmri-glm",
         # A free dashboard port: 8787 is often taken on a shared login node.
         # Passing scheduler_options replaces the configured ones, so merge them.
         "scheduler_options": {

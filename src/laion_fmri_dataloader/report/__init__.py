@@ -1214,7 +1214,7 @@ def write_group_report(
     if not contrasts:
         raise NotFoundError(
             f"no group-level z maps in {root / layout.GROUP_LEVEL_DIR}; run "
-            "`laion-fmri glm BIDS_DIR OUTPUT_DIR group` first"
+            "`laion-fmri-glm glm BIDS_DIR OUTPUT_DIR group` first"
         )
     path = root / report_path("group")
     if not force and _is_fresh(path, _group_inputs(root, truth)):
@@ -1457,7 +1457,7 @@ def write_index(
         "FWE-corrected maps, cluster tables and, on simulated data, the "
         "comparison with the truth.</p>" + _group_summary(root, "group.html")
         if group
-        else '<p class="note">No group level yet (run <code>laion-fmri glm '
+        else '<p class="note">No group level yet (run <code>laion-fmri-glm glm '
         "BIDS_DIR OUTPUT_DIR group</code>).</p>"
     )
     path = root / report_path("index")

@@ -1305,7 +1305,7 @@ def _simulate(root: pathlib.Path, config: SimulationConfig) -> pathlib.Path:
     _write_json(
         truth_dir / "simulation.json",
         {
-            "GeneratedBy": {"Name": "laion-fmri simulate", "Version": __version__},
+            "GeneratedBy": {"Name": "laion-fmri-glm simulate", "Version": __version__},
             "parameters": config.to_dict(),
             "fixed": {
                 "space": SPACE,
@@ -1347,7 +1347,7 @@ def _write_top_level(
     subject_labels: Sequence[str],
 ) -> None:
     generated_by = {
-        "Name": "laion-fmri simulate",
+        "Name": "laion-fmri-glm simulate",
         "Version": __version__,
         "Description": "Simulated category localizer with known ground truth",
     }
@@ -1358,12 +1358,12 @@ def _write_top_level(
             "BIDSVersion": "1.9.0",
             "DatasetType": "raw",
             "License": "CC0",
-            "Authors": ["laion-fmri simulate"],
+            "Authors": ["laion-fmri-glm simulate"],
             "GeneratedBy": [generated_by],
         },
     )
     readme = (
-        "Simulated category-localizer dataset written by `laion-fmri simulate`.\n\n"
+        "Simulated category-localizer dataset written by `laion-fmri-glm simulate`.\n\n"
         "The BOLD data are synthetic. derivatives/fmriprep holds an fMRIPrep-like\n"
         "preprocessed series in MNI152NLin2009cAsym space with brain masks and\n"
         "confounds; derivatives/truth holds the true effect of every standard\n"
@@ -1430,7 +1430,7 @@ def _write_top_level(
                     "Name": "fMRIPrep",
                     "Version": "23.2.1",
                     "CodeURL": "https://github.com/nipreps/fmriprep",
-                    "Description": "simulated by laion-fmri simulate",
+                    "Description": "simulated by laion-fmri-glm simulate",
                 }
             ],
             "SourceDatasets": [{"URL": "../../"}],
