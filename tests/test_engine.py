@@ -18,7 +18,7 @@ from nilearn.glm.first_level import (
 from scipy import special, stats
 
 from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
-from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.errors import InvalidParameterError
 from laion_fmri_dataloader.stats.engine import (
     ContrastResult,
     _log_t_tail,
@@ -374,7 +374,7 @@ def test_bad_arguments_are_named(change, message):
         "contrasts": {"c": np.ones(4)},
     }
     arguments.update(change)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InvalidParameterError, match=message):
         fit_ar1_contrasts(**arguments)
 
 
@@ -388,7 +388,7 @@ def test_fixed_effects_rejects_mismatched_runs():
         zeros = np.zeros(n_voxels)
         return ContrastResult(zeros, zeros + 1, zeros, zeros, 10.0, zeros > 0)
 
-    with pytest.raises(InputError, match="same voxels"):
+    with pytest.raises(InvalidParameterError, match="same voxels"):
         fixed_effects([result(3), result(4)])
-    with pytest.raises(InputError, match="at least one run"):
+    with pytest.raises(InvalidParameterError, match="at least one run"):
         fixed_effects([])

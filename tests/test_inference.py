@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from laion_fmri_dataloader.errors import InputError, InvalidLabelError
+from laion_fmri_dataloader.errors import InvalidParameterError
 from laion_fmri_dataloader.stats.inference import (
     bonferroni_mask,
     cluster_table,
@@ -102,7 +102,7 @@ def test_bonferroni():
 
 @pytest.mark.parametrize("q", [0.0, 1.0, 1.5, -0.1, "0.05", None])
 def test_bad_q_is_rejected(q):
-    with pytest.raises(InvalidLabelError, match=r"q must be a number in \(0, 1\)"):
+    with pytest.raises(InvalidParameterError, match=r"q must be a number in \(0, 1\)"):
         fdr_threshold(np.array([0.1]), q)
 
 
@@ -116,9 +116,9 @@ def test_bad_q_is_rejected(q):
     ],
 )
 def test_bad_p_values_are_rejected(p, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InvalidParameterError, match=message):
         fdr_mask(p)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InvalidParameterError, match=message):
         bonferroni_mask(p)
 
 
@@ -174,7 +174,7 @@ def test_random_flips_depend_only_on_seed_chunk_and_chunk_size():
     )
     last = flips_for_chunk(20, 15, chunk_size=64, seed=3, n_perm=1000)
     assert last.shape == (1000 - 15 * 64, 20)
-    with pytest.raises(InvalidLabelError, match="chunk indices 0 to 15"):
+    with pytest.raises(InvalidParameterError, match="chunk indices 0 to 15"):
         flips_for_chunk(20, 16, chunk_size=64, seed=3, n_perm=1000)
 
 
@@ -291,7 +291,9 @@ def test_zero_variance_voxels_never_enter_the_maximum(one_sided):
 
 def test_too_few_permutations_cannot_reach_alpha():
     data = prepare_sign_flip(np.random.default_rng(0).normal(size=(12, 10)))
-    with pytest.raises(InputError, match=r"10 permutations cannot reach alpha=0\.05"):
+    with pytest.raises(
+        InvalidParameterError, match=r"10 permutations cannot reach alpha=0\.05"
+    ):
         fwe_from_max_t(data, np.arange(10.0), alpha=ALPHA)
 
 
@@ -326,19 +328,19 @@ def test_clear_signal_is_found_and_noise_is_not():
     [
         (
             {"n_subjects": 20, "n_perm": 10},
-            InputError,
+            InvalidParameterError,
             "n_perm=10 is too small for alpha=0.05; use at least 200",
         ),
         (
             {"n_subjects": 5},
-            InputError,
+            InvalidParameterError,
             "5 subjects allow only 32 sign flips, so the smallest two-sided "
             "corrected p is 0.0625 > alpha=0.05; a sign-flip test needs at least 6",
         ),
-        ({"n_subjects": 12, "alpha": 0.0}, InvalidLabelError, "alpha must be"),
-        ({"n_subjects": 12, "seed": -1}, InvalidLabelError, "seed must be >= 0"),
-        ({"n_subjects": 12, "chunk_size": 0}, InvalidLabelError, "chunk_size must"),
-        ({"n_subjects": 12, "n_perm": 1.5}, InvalidLabelError, "n_perm must be an"),
+        ({"n_subjects": 12, "alpha": 0.0}, InvalidParameterError, "alpha must be"),
+        ({"n_subjects": 12, "seed": -1}, InvalidParameterError, "seed must be >= 0"),
+        ({"n_subjects": 12, "chunk_size": 0}, InvalidParameterError, "chunk_size must"),
+        ({"n_subjects": 12, "n_perm": 1.5}, InvalidParameterError, "n_perm must be an"),
     ],
 )
 def test_bad_permutation_arguments_are_rejected(kwargs, error, message):
@@ -350,7 +352,9 @@ def test_bad_permutation_arguments_are_rejected(kwargs, error, message):
 
 def test_flips_of_the_wrong_width_are_rejected():
     data = prepare_sign_flip(np.random.default_rng(0).normal(size=(6, 10)))
-    with pytest.raises(InputError, match=r"shape \(n_rows, 6\) for 6 subjects"):
+    with pytest.raises(
+        InvalidParameterError, match=r"shape \(n_rows, 6\) for 6 subjects"
+    ):
         sign_flip_chunk(data, np.ones((4, 5)))
 
 
@@ -379,7 +383,7 @@ def test_cluster_table_reports_peaks_and_sizes():
 
 def test_cluster_table_needs_a_3d_map():
     with pytest.raises(
-        InputError, match=r"3-D statistical map; got shape \(4, 4, 4, 2\)"
+        InvalidParameterError, match=r"3-D statistical map; got shape \(4, 4, 4, 2\)"
     ):
         cluster_table(nib.Nifti1Image(np.zeros((4, 4, 4, 2)), np.eye(4)), 3.0)
 

@@ -30,7 +30,11 @@ from distributed import Client, get_task_stream
 
 from laion_fmri_dataloader import cli
 from laion_fmri_dataloader._system import usable_cpus
-from laion_fmri_dataloader.errors import InputError, InvalidLabelError
+from laion_fmri_dataloader.errors import (
+    InputError,
+    InvalidLabelError,
+    InvalidParameterError,
+)
 from laion_fmri_dataloader.pipeline.group import GroupConfig
 from laion_fmri_dataloader.pipeline.levels import _resolve_scheduler, run_participants
 from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig, SubjectResult
@@ -429,7 +433,9 @@ def test_local_sign_flip_without_open_client_runs_in_process(caplog):
 def test_distributed_sign_flip_checks_like_in_process(n_subjects, changes):
     effects = _effects(n_subjects, 0)
     config = GroupConfig(Path("."), **{"n_perm": 1000, **changes})
-    with pytest.raises((InputError, InvalidLabelError)) as expected:
+    with pytest.raises(
+        (InputError, InvalidLabelError, InvalidParameterError)
+    ) as expected:
         sign_flip_max_t(
             effects,
             n_perm=config.n_perm,
@@ -471,7 +477,8 @@ def test_unreachable_scheduler_is_input_error(dataset, tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(
-        f"laion-fmri-glm: error: could not connect to the Dask scheduler at {UNREACHABLE}"
+        "laion-fmri-glm: error: could not connect to the Dask scheduler at "
+        f"{UNREACHABLE}"
     )
     assert "\n" not in error
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.errors import InvalidParameterError
 from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 GRID = (6, 5, 4)
@@ -111,5 +111,5 @@ def test_z_matches_scipy_and_keeps_growing_where_p_underflows():
     ],
 )
 def test_bad_effects_are_rejected(effects, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InvalidParameterError, match=message):
         one_sample_t(effects)

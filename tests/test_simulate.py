@@ -17,7 +17,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from laion_fmri_dataloader.errors import InvalidLabelError, NotFoundError
+from laion_fmri_dataloader.errors import (
+    InvalidLabelError,
+    InvalidParameterError,
+    NotFoundError,
+)
 from laion_fmri_dataloader.simulate import (
     CONTRAST_WEIGHTS,
     SPACE,
@@ -439,7 +443,7 @@ def test_sessions_task_and_extra_categories(tmp_path):
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):
-    with pytest.raises(InvalidLabelError, match=message):
+    with pytest.raises((InvalidLabelError, InvalidParameterError), match=message):
         simulate_dataset(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
 

@@ -15,6 +15,7 @@ __all__ = [
     "CorruptFileError",
     "InputError",
     "InvalidLabelError",
+    "InvalidParameterError",
     "LaionFmriError",
     "NotFoundError",
     "RemoteError",
@@ -31,7 +32,11 @@ class NotFoundError(LaionFmriError, FileNotFoundError):
 
 
 class InvalidLabelError(LaionFmriError, ValueError):
-    """A BIDS label or argument value is not allowed."""
+    """A BIDS label or a name of a closed set (a stat type) is not allowed."""
+
+
+class InvalidParameterError(LaionFmriError, ValueError):
+    """A parameter that is not a label (a number, an array's shape) is not allowed."""
 
 
 class InputError(LaionFmriError, ValueError):

@@ -283,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "laion-fmri-glm: interrupted; rerun the same command to resume", file=sys.stderr
+            "laion-fmri-glm: interrupted; rerun the same command to resume",
+            file=sys.stderr,
         )
         return 130
 

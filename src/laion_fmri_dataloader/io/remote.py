@@ -77,6 +77,7 @@ from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.errors import (
     CorruptFileError,
     InvalidLabelError,
+    InvalidParameterError,
     NotFoundError,
     RemoteError,
     did_you_mean,
@@ -143,9 +144,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.tries, int) or self.tries < 1:
-            raise InvalidLabelError(f"tries must be an integer >= 1; got {self.tries}")
+            raise InvalidParameterError(
+                f"tries must be an integer >= 1; got {self.tries}"
+            )
         if self.base_delay < 0 or self.max_delay < 0:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 "retry delays must be >= 0 seconds; got "
                 f"base_delay={self.base_delay}, max_delay={self.max_delay}"
             )
@@ -164,7 +167,7 @@ class RetryPolicy:
                 try:
                     options[name] = kind(text)
                 except ValueError:
-                    raise InvalidLabelError(
+                    raise InvalidParameterError(
                         f"${variable} must be a number; got {text!r}"
                     ) from None
         return cls(**options)

@@ -15,7 +15,12 @@ from pathlib import Path
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader._system import usable_cpus
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS, parse_contrast
-from laion_fmri_dataloader.errors import InputError, InvalidLabelError, LaionFmriError
+from laion_fmri_dataloader.errors import (
+    InputError,
+    InvalidLabelError,
+    InvalidParameterError,
+    LaionFmriError,
+)
 from laion_fmri_dataloader.inputs.bids import DEFAULT_CONFOUNDS, find_subjects
 from laion_fmri_dataloader.io.storage import is_remote
 from laion_fmri_dataloader.layout import subject_label
@@ -69,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
             "choose another name"
         )
     if args.smoothing_fwhm is not None and args.smoothing_fwhm < 0:
-        raise InvalidLabelError(
+        raise InvalidParameterError(
             f"--smoothing-fwhm must be >= 0 mm; got {args.smoothing_fwhm}"
         )
     return FirstLevelConfig(

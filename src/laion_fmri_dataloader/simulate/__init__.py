@@ -160,6 +160,7 @@ from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
 from laion_fmri_dataloader.errors import (
     InvalidLabelError,
+    InvalidParameterError,
     NotFoundError,
     did_you_mean,
 )
@@ -264,32 +265,34 @@ class SimulationConfig:
         for name in ("subjects", "runs", "sessions", "n_volumes", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise InvalidLabelError(f"{name} must be an integer; got {value!r}")
+                raise InvalidParameterError(f"{name} must be an integer; got {value!r}")
         for name in ("subjects", "runs", "sessions"):
             value = getattr(self, name)
             if value < 1:
-                raise InvalidLabelError(f"{name} must be >= 1; got {value}")
+                raise InvalidParameterError(f"{name} must be >= 1; got {value}")
         if self.seed < 0:
-            raise InvalidLabelError(f"seed must be >= 0; got {self.seed}")
+            raise InvalidParameterError(f"seed must be >= 0; got {self.seed}")
         if self.subjects > 99:
-            raise InvalidLabelError(f"subjects must be <= 99; got {self.subjects}")
+            raise InvalidParameterError(f"subjects must be <= 99; got {self.subjects}")
         if not 1.0 <= float(self.resolution) <= _MAX_RESOLUTION:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"resolution must be between 1 and {_MAX_RESOLUTION:g} mm; "
                 f"got {self.resolution!r}"
             )
         if self.n_volumes < 10:
-            raise InvalidLabelError(f"n_volumes must be >= 10; got {self.n_volumes}")
+            raise InvalidParameterError(
+                f"n_volumes must be >= 10; got {self.n_volumes}"
+            )
         if not 0.1 <= float(self.tr) <= 10.0:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"tr must be between 0.1 and 10 seconds; got {self.tr!r}"
             )
         if not float(self.effect_size) >= 0.0:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"effect_size must be >= 0 percent; got {self.effect_size!r}"
             )
         if not float(self.noise_scale) >= 0.0:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"noise_scale must be >= 0; got {self.noise_scale!r}"
             )
         if not isinstance(self.task, str) or not _LABEL_PATTERN.match(self.task):
@@ -304,17 +307,17 @@ class SimulationConfig:
                     + did_you_mean(str(category), EXTRA_CATEGORIES)
                 )
         if len(set(self.extra_categories)) != len(self.extra_categories):
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"extra_categories must not repeat; got {self.extra_categories!r}"
             )
         if not float(self.block_duration) > 0.0:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"block_duration must be > 0 seconds; got {self.block_duration!r}"
             )
         run_duration = self.n_volumes * self.tr
         needed = _INITIAL_REST + self.block_duration + _MIN_FINAL_REST
         if run_duration < needed:
-            raise InvalidLabelError(
+            raise InvalidParameterError(
                 f"a run of {self.n_volumes} volumes x {self.tr:g} s = "
                 f"{run_duration:g} s cannot hold {_INITIAL_REST:g} s of rest, one "
                 f"{self.block_duration:g} s block and {_MIN_FINAL_REST:g} s of "
@@ -510,7 +513,7 @@ def simulate_dataset(
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If a parameter is out of range.
     """
     config = SimulationConfig(

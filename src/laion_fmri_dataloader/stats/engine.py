@@ -35,7 +35,7 @@ import scipy.linalg
 from scipy import special
 
 from laion_fmri_dataloader._system import map_threads, usable_cpus
-from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.errors import InvalidParameterError
 
 __all__ = [
     "ContrastResult",
@@ -225,7 +225,7 @@ def fit_ar1_contrasts(
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If the shapes of ``data``, ``design`` and ``contrasts`` do not match,
         the design is not finite, or ``n_bins`` or ``dtype`` is invalid.
     """
@@ -234,7 +234,9 @@ def fit_ar1_contrasts(
     n_scans, n_regressors = design.shape
     weights = _check_contrasts(contrasts, n_regressors)
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise InputError(f"n_bins must be a positive integer; got {n_bins!r}")
+        raise InvalidParameterError(
+            f"n_bins must be a positive integer; got {n_bins!r}"
+        )
     dtype = _check_dtype(dtype)
     n_threads = _check_threads(n_threads)
 
@@ -282,14 +284,14 @@ def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``results`` is empty or the runs have different numbers of voxels.
     """
     if len(results) == 0:
-        raise InputError("fixed_effects needs at least one run; got none")
+        raise InvalidParameterError("fixed_effects needs at least one run; got none")
     n_voxels = {result.effect.shape for result in results}
     if len(n_voxels) != 1:
-        raise InputError(
+        raise InvalidParameterError(
             f"all runs must have the same voxels; got shapes {sorted(n_voxels)}"
         )
     precision_sum = np.zeros(results[0].effect.shape)
@@ -335,7 +337,7 @@ def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``dof`` is not positive.
 
     Examples
@@ -344,7 +346,7 @@ def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
     array([  0.   ,   1.992, -38.321])
     """
     if not dof > 0:
-        raise InputError(f"dof must be positive; got {dof!r}")
+        raise InvalidParameterError(f"dof must be positive; got {dof!r}")
     t = np.asarray(t, dtype=np.float64)
     magnitude = np.abs(t)
     sf = special.stdtr(dof, -magnitude)
@@ -564,7 +566,7 @@ def _design_rank(design: np.ndarray) -> int:
 def _check_data(data: np.ndarray) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):
-        raise InputError(
+        raise InvalidParameterError(
             "data must be a 2-D float array (n_scans, n_voxels); "
             f"got shape {data.shape} and dtype {data.dtype}"
         )
@@ -574,16 +576,16 @@ def _check_data(data: np.ndarray) -> np.ndarray:
 def _check_design(design: np.ndarray, n_scans: int) -> np.ndarray:
     design = np.asarray(design, dtype=np.float64)
     if design.ndim != 2 or design.shape[0] != n_scans:
-        raise InputError(
+        raise InvalidParameterError(
             f"design must have shape ({n_scans}, n_regressors) to match the data; "
             f"got {design.shape}"
         )
     if design.shape[1] >= n_scans:
-        raise InputError(
+        raise InvalidParameterError(
             f"design must have fewer columns than scans; got {design.shape}"
         )
     if not np.isfinite(design).all():
-        raise InputError("design must be finite; got NaN or infinite values")
+        raise InvalidParameterError("design must be finite; got NaN or infinite values")
     return design
 
 
@@ -591,12 +593,14 @@ def _check_contrasts(
     contrasts: Mapping[str, np.ndarray], n_regressors: int
 ) -> np.ndarray:
     if len(contrasts) == 0:
-        raise InputError("contrasts must name at least one contrast; got none")
+        raise InvalidParameterError(
+            "contrasts must name at least one contrast; got none"
+        )
     weights = []
     for name, vector in contrasts.items():
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (n_regressors,):
-            raise InputError(
+            raise InvalidParameterError(
                 f"contrast {name!r} must have one weight per design column, "
                 f"shape ({n_regressors},); got {vector.shape}"
             )
@@ -607,7 +611,7 @@ def _check_contrasts(
 def _check_dtype(dtype: type[np.floating]) -> type[np.floating]:
     allowed = (np.float32, np.float64)
     if np.dtype(dtype) not in [np.dtype(kind) for kind in allowed]:
-        raise InputError(
+        raise InvalidParameterError(
             f"dtype must be one of ['float32', 'float64']; got {np.dtype(dtype)}"
         )
     return np.dtype(dtype).type
@@ -617,5 +621,5 @@ def _check_threads(n_threads: int | None) -> int:
     if n_threads is None:
         return usable_cpus()
     if n_threads < 1:
-        raise InputError(f"n_threads must be at least 1; got {n_threads}")
+        raise InvalidParameterError(f"n_threads must be at least 1; got {n_threads}")
     return int(n_threads)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from laion_fmri_dataloader._system import map_threads
-from laion_fmri_dataloader.errors import InputError, InvalidLabelError
+from laion_fmri_dataloader.errors import InvalidParameterError
 from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 __all__ = [
@@ -72,25 +72,25 @@ _MIN_EXCEEDANCES = 10
 
 def _check_fraction(name: str, value: float) -> float:
     if not (isinstance(value, (int, float, np.floating)) and 0.0 < value < 1.0):
-        raise InvalidLabelError(f"{name} must be a number in (0, 1); got {value!r}")
+        raise InvalidParameterError(f"{name} must be a number in (0, 1); got {value!r}")
     return float(value)
 
 
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise InvalidLabelError(f"{name} must be an integer; got {value!r}")
+        raise InvalidParameterError(f"{name} must be an integer; got {value!r}")
     if value < minimum:
-        raise InvalidLabelError(f"{name} must be >= {minimum}; got {value}")
+        raise InvalidParameterError(f"{name} must be >= {minimum}; got {value}")
     return int(value)
 
 
 def _check_p_values(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.size == 0:
-        raise InputError("p-values are empty; there is nothing to correct")
+        raise InvalidParameterError("p-values are empty; there is nothing to correct")
     outside = ~((p >= 0.0) & (p <= 1.0))
     if outside.any():
-        raise InputError(
+        raise InvalidParameterError(
             f"p-values must lie in [0, 1]; got {int(outside.sum())} outside "
             f"(NaN included), e.g. {float(p[outside].flat[0])}"
         )
@@ -117,9 +117,9 @@ def fdr_threshold(p: np.ndarray, q: float = 0.05) -> float:
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If ``q`` is not in (0, 1).
-    InputError
+    InvalidParameterError
         If ``p`` is empty or has values outside [0, 1] or NaN.
 
     Examples
@@ -155,9 +155,9 @@ def fdr_mask(p: np.ndarray, q: float = 0.05) -> np.ndarray:
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If ``q`` is not in (0, 1).
-    InputError
+    InvalidParameterError
         If ``p`` is empty or has values outside [0, 1] or NaN.
     """
     p = _check_p_values(p)
@@ -183,9 +183,9 @@ def bonferroni_mask(p: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, flo
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If ``alpha`` is not in (0, 1).
-    InputError
+    InvalidParameterError
         If ``p`` is empty or has values outside [0, 1] or NaN.
 
     Examples
@@ -223,7 +223,7 @@ def min_subjects_for_permutation(alpha: float = 0.05, one_sided: bool = False) -
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If ``alpha`` is not in (0, 1).
 
     Examples
@@ -262,7 +262,7 @@ def min_n_perm(alpha: float = 0.05) -> int:
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If ``alpha`` is not in (0, 1).
 
     Examples
@@ -366,7 +366,7 @@ def flips_for_chunk(
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If an argument is not a valid integer or ``chunk_index`` is out of range.
 
     Examples
@@ -380,7 +380,7 @@ def flips_for_chunk(
     n_used, exhaustive = permutation_count(n_subjects, n_perm)
     total_chunks = n_chunks(n_subjects, n_perm, chunk_size)
     if chunk_index >= total_chunks:
-        raise InvalidLabelError(
+        raise InvalidParameterError(
             f"chunk_index={chunk_index} is out of range; {n_used} permutations in "
             f"chunks of {chunk_size} give chunk indices 0 to {total_chunks - 1}"
         )
@@ -444,7 +444,7 @@ def prepare_sign_flip(effects: np.ndarray) -> SignFlipData:
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``effects`` is not 2-D, has fewer than 2 subjects, or is not finite.
     """
     observed = one_sample_t(effects)
@@ -504,13 +504,13 @@ def sign_flip_chunk(
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``flips`` does not have one column per subject.
     """
     flips = np.asarray(flips, dtype=np.float32)
     n_subjects = data.n_subjects
     if flips.ndim != 2 or flips.shape[1] != n_subjects:
-        raise InputError(
+        raise InvalidParameterError(
             f"flips must have shape (n_rows, {n_subjects}) for {n_subjects} "
             f"subjects; got {flips.shape}"
         )
@@ -574,9 +574,9 @@ def fwe_from_max_t(
 
     Raises
     ------
-    InvalidLabelError
+    InvalidParameterError
         If ``alpha`` is not in (0, 1).
-    InputError
+    InvalidParameterError
         If ``max_t`` has fewer than ``1 / alpha`` values, so nothing can survive.
     """
     alpha = _check_fraction("alpha", alpha)
@@ -589,7 +589,7 @@ def fwe_from_max_t(
     while allowed > 0 and allowed / n_perm > alpha:
         allowed -= 1
     if allowed == 0:
-        raise InputError(
+        raise InvalidParameterError(
             f"{n_perm} permutations cannot reach alpha={alpha} (smallest corrected "
             f"p is 1/{n_perm}); use at least {min_n_perm(alpha)}"
         )
@@ -662,11 +662,11 @@ def check_permutation_test(
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If the subjects are too few to reach ``alpha`` (see
         :func:`min_subjects_for_permutation`) or ``n_perm`` is below
         :func:`min_n_perm` for a random (not exhaustive) test.
-    InvalidLabelError
+    InvalidParameterError
         If ``alpha``, ``n_perm``, ``seed`` or ``chunk_size`` is not allowed.
     """
     alpha = _check_fraction("alpha", alpha)
@@ -676,14 +676,14 @@ def check_permutation_test(
     sidedness = "one-sided" if one_sided else "two-sided"
     if exhaustive and n_subjects < min_subjects_for_permutation(alpha, one_sided):
         smallest_p = (1 if one_sided else 2) / n_used
-        raise InputError(
+        raise InvalidParameterError(
             f"{n_subjects} subjects allow only {n_used} sign flips, so the smallest "
             f"{sidedness} corrected p is {smallest_p:g} > alpha={alpha}; a sign-flip "
             f"test needs at least {min_subjects_for_permutation(alpha, one_sided)} "
             "subjects (use Bonferroni instead)"
         )
     if not exhaustive and n_used < min_n_perm(alpha):
-        raise InputError(
+        raise InvalidParameterError(
             f"n_perm={n_used} is too small for alpha={alpha}; "
             f"use at least {min_n_perm(alpha)}"
         )
@@ -731,11 +731,11 @@ def sign_flip_max_t(
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``effects`` is unusable, the subjects are too few to reach ``alpha``
         (see :func:`min_subjects_for_permutation`) or ``n_perm`` is below
         :func:`min_n_perm`.
-    InvalidLabelError
+    InvalidParameterError
         If ``alpha``, ``n_perm``, ``seed`` or ``chunk_size`` is not allowed.
 
     Examples
@@ -841,14 +841,14 @@ def cluster_table(
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``stat_img`` is not a 3-D image.
     """
     # nilearn.reporting imports matplotlib; only pay for it when tables are made.
     from nilearn.reporting import get_clusters_table
 
     if len(stat_img.shape) != 3:
-        raise InputError(
+        raise InvalidParameterError(
             f"cluster_table needs a 3-D statistical map; got shape {stat_img.shape}"
         )
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.errors import InvalidParameterError
 from laion_fmri_dataloader.stats.engine import t_to_z
 
 __all__ = ["OneSampleResult", "one_sample_t"]
@@ -60,17 +60,17 @@ class OneSampleResult:
 def _check_effects(effects: np.ndarray) -> np.ndarray:
     effects = np.asarray(effects, dtype=np.float64)
     if effects.ndim != 2:
-        raise InputError(
+        raise InvalidParameterError(
             "effects must be a 2-D array (n_subjects, n_voxels); "
             f"got shape {effects.shape}"
         )
     if effects.shape[0] < 2:
-        raise InputError(
+        raise InvalidParameterError(
             f"a one-sample t test needs at least 2 subjects; got {effects.shape[0]}"
         )
     n_bad = int(np.size(effects) - np.count_nonzero(np.isfinite(effects)))
     if n_bad:
-        raise InputError(
+        raise InvalidParameterError(
             f"effects contain {n_bad} NaN or infinite values; "
             "restrict the maps to voxels inside every subject's mask first"
         )
@@ -95,7 +95,7 @@ def one_sample_t(effects: np.ndarray, *, one_sided: bool = False) -> OneSampleRe
 
     Raises
     ------
-    InputError
+    InvalidParameterError
         If ``effects`` is not 2-D, has fewer than 2 subjects, or is not finite.
 
     Examples
