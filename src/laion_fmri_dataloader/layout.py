@@ -1,8 +1,9 @@
-"""The one place that builds and parses derivative file names.
+"""The one place that builds and parses file names.
 
 Every path of the GLM derivatives is built here from BIDS entities (``sub``,
-``task``, ``contrast``, ``stat``, ``correction``) and parsed back here; no other
-module formats a file name.  Paths are returned relative to the GLM derivative
+``task``, ``contrast``, ``stat``, ``correction``) and parsed back here; so are
+the BIDS and fMRIPrep input names (:func:`bids_name`, :func:`parse_bids_name`).
+No other module formats a file name.  Paths are returned relative to the GLM derivative
 root (``<data_dir>/derivatives/glm``) as :class:`~pathlib.PurePosixPath`, so that
 the same names serve a local folder and an object store.
 
@@ -23,6 +24,7 @@ PurePosixPath('first_level/sub-01/sub-01_task-experiment_contrast-faceVsBaseline
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 
 from laion_fmri_dataloader.errors import InvalidLabelError
@@ -34,6 +36,7 @@ __all__ = [
     "FIRST_LEVEL_STAT_TYPES",
     "GROUP_LEVEL_DIR",
     "GROUP_STAT_TYPES",
+    "bids_name",
     "cluster_table",
     "design_matrix_png",
     "first_level_dir",
@@ -41,6 +44,7 @@ __all__ = [
     "first_level_mask",
     "group_map",
     "group_mask",
+    "parse_bids_name",
     "parse_name",
     "sidecar_of",
     "subject_label",
@@ -57,12 +61,34 @@ GROUP_LEVEL_DIR = PurePosixPath("group_level")
 FIRST_LEVEL_STAT_TYPES = ("effect", "variance", "t", "z")
 #: Stat types written per contrast at the group level.
 GROUP_STAT_TYPES = ("t", "z", "p")
-#: Multiple-comparison corrections with a corrected map.
+#: Multiple-comparison corrections with a corrected map: adding one here names
+#: its map, sidecar and cluster table, and lets the loader and parser find them.
 CORRECTIONS = ("fdr", "fwe")
+#: The order of entities in the BIDS input names built here (the specification's
+#: entity table); an entity not listed goes after these, in the order given.
+BIDS_ENTITY_ORDER = (
+    "sub",
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "dir",
+    "run",
+    "echo",
+    "space",
+    "res",
+    "den",
+    "desc",
+)
 
 _LABEL = re.compile(r"[A-Za-z0-9]+")
 _NIFTI_SUFFIX = ".nii.gz"
 _ENTITY = re.compile(r"(sub|ses|task|run|contrast|stat)-([A-Za-z0-9]+)")
+_CORRECTED = re.compile(
+    rf"_({'|'.join(CORRECTIONS)})-corrected(\.nii\.gz|\.json|_clusters\.tsv)$"
+)
+_BIDS_PAIR = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
 
 
 def validate_label(value: object, entity: str) -> str:
@@ -214,9 +240,7 @@ def parse_name(filename: str) -> dict[str, str]:
         entities["level"] = "first"
     else:
         return {}
-    corrected = re.search(
-        r"_(fdr|fwe)-corrected(\.nii\.gz|\.json|_clusters\.tsv)$", name
-    )
+    corrected = _CORRECTED.search(name)
     if corrected:
         entities["correction"] = corrected.group(1)
         entities["suffix"] = (
@@ -233,4 +257,43 @@ def parse_name(filename: str) -> dict[str, str]:
     entities["extension"] = (
         ".json" if name.endswith(".json") else name[name.find(".") :]
     )
+    return entities
+
+
+def bids_name(entities: Mapping[str, object], suffix: str, extension: str) -> str:
+    """A BIDS file name from its entities, suffix and extension.
+
+    Entities are written in the specification's order (:data:`BIDS_ENTITY_ORDER`),
+    others after them in the order given; an entity whose value is ``None`` is
+    left out.
+
+    Examples
+    --------
+    >>> bids_name({"task": "oloc", "sub": "01", "run": 2}, "events", ".tsv")
+    'sub-01_task-oloc_run-2_events.tsv'
+    >>> bids_name({"sub": "01", "desc": "confounds"}, "timeseries", ".tsv")
+    'sub-01_desc-confounds_timeseries.tsv'
+    """
+    known = [key for key in BIDS_ENTITY_ORDER if key in entities]
+    keys = known + [key for key in entities if key not in BIDS_ENTITY_ORDER]
+    parts = [f"{key}-{entities[key]}" for key in keys if entities[key] is not None]
+    return "_".join([*parts, suffix]) + extension
+
+
+def parse_bids_name(filename: str) -> dict[str, str]:
+    """BIDS entities of a file name, plus ``suffix`` and ``extension``.
+
+    Examples
+    --------
+    >>> parse_bids_name("sub-01_ses-2_task-oloc_run-3_desc-preproc_bold.nii.gz")["run"]
+    '3'
+    >>> parse_bids_name("sub-01_task-x_events.tsv")["suffix"]
+    'events'
+    """
+    stem, dot, extension = PurePosixPath(filename).name.partition(".")
+    parts = stem.split("_")
+    pairs = [_BIDS_PAIR.fullmatch(part) for part in parts]
+    entities = dict(pair.groups() for pair in pairs if pair)
+    entities["suffix"] = parts[-1] if not pairs[-1] else ""
+    entities["extension"] = dot + extension
     return entities

@@ -14,7 +14,6 @@ whose one-line message names the file and says what to do.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,17 @@ import pandas as pd
 
 from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
 from laion_fmri_dataloader.io.files import load_image
-from laion_fmri_dataloader.layout import subject_label, validate_label
+from laion_fmri_dataloader.layout import (
+    parse_bids_name,
+    subject_label,
+    validate_label,
+)
 
 __all__ = [
     "DEFAULT_CONFOUNDS",
     "RunInputs",
     "find_runs",
     "find_subjects",
-    "parse_entities",
     "read_bold",
     "read_confounds",
     "read_events",
@@ -54,27 +56,6 @@ DEFAULT_CONFOUNDS = (
 )
 #: Entities that identify a run across raw and derivative files.
 _RUN_ENTITIES = ("sub", "ses", "task", "acq", "ce", "dir", "rec", "run")
-_PAIR = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
-
-
-def parse_entities(filename: str) -> dict[str, str]:
-    """BIDS entities of a file name, plus ``suffix`` and ``extension``.
-
-    Examples
-    --------
-    >>> parse_entities("sub-01_ses-2_task-oloc_run-3_desc-preproc_bold.nii.gz")["run"]
-    '3'
-    >>> parse_entities("sub-01_task-x_events.tsv")["suffix"]
-    'events'
-    """
-    stem, dot, extension = filename.partition(".")
-    parts = stem.split("_")
-    entities = dict(
-        _PAIR.fullmatch(part).groups() for part in parts if _PAIR.fullmatch(part)
-    )
-    entities["suffix"] = parts[-1] if not _PAIR.fullmatch(parts[-1]) else ""
-    entities["extension"] = dot + extension
-    return entities
 
 
 @dataclass(frozen=True)
@@ -115,8 +96,8 @@ def find_subjects(fmriprep_dir: Path, task: str) -> list[str]:
     labels = []
     for folder in sorted(Path(fmriprep_dir).glob("sub-*")):
         if folder.is_dir() and any(
-            parse_entities(path.name).get("task") == task
-            and parse_entities(path.name)["suffix"] == "bold"
+            parse_bids_name(path.name).get("task") == task
+            and parse_bids_name(path.name)["suffix"] == "bold"
             for path in _func_files(Path(fmriprep_dir), folder.name[len("sub-") :])
         ):
             labels.append(folder.name[len("sub-") :])
@@ -131,7 +112,7 @@ def _sibling(
     candidates: Sequence[Path], run: Mapping[str, str], **wanted: str
 ) -> Path | None:
     for path in candidates:
-        entities = parse_entities(path.name)
+        entities = parse_bids_name(path.name)
         if _same_run(entities, run) and all(
             entities.get(k) == v for k, v in wanted.items()
         ):
@@ -175,7 +156,7 @@ def find_runs(
     bolds = [
         path
         for path in derivatives
-        if (entities := parse_entities(path.name))["suffix"] == "bold"
+        if (entities := parse_bids_name(path.name))["suffix"] == "bold"
         and entities["extension"] in (".nii.gz", ".nii")
         and entities.get("task") == task
         and entities.get("space") == space
@@ -185,7 +166,7 @@ def find_runs(
         found = sorted(
             {
                 f"task-{e.get('task')} space-{e.get('space')} desc-{e.get('desc')}"
-                for e in map(parse_entities, (p.name for p in derivatives))
+                for e in map(parse_bids_name, (p.name for p in derivatives))
                 if e["suffix"] == "bold" and e["extension"] in (".nii.gz", ".nii")
             }
         )
@@ -195,7 +176,7 @@ def find_runs(
         )
     runs = []
     for bold in bolds:
-        run = parse_entities(bold.name)
+        run = parse_bids_name(bold.name)
         mask = _sibling(
             derivatives,
             run,

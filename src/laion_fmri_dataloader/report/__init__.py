@@ -41,8 +41,8 @@ from laion_fmri_dataloader import layout
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import NotFoundError
-from laion_fmri_dataloader.inputs.bids import parse_entities
 from laion_fmri_dataloader.io.files import write_text
+from laion_fmri_dataloader.layout import parse_bids_name
 from laion_fmri_dataloader.sidecar import MapSidecar
 
 __all__ = [
@@ -493,13 +493,13 @@ def _confounds_of(bold: Path) -> Path | None:
     """The fMRIPrep confounds file beside a preprocessed BOLD series, if any."""
     run = {
         key: value
-        for key, value in parse_entities(bold.name).items()
+        for key, value in parse_bids_name(bold.name).items()
         if key not in _OUTPUT_ENTITIES
     }
     if not bold.parent.is_dir():
         return None
     for candidate in sorted(bold.parent.glob("*_desc-confounds_*.tsv")):
-        entities = parse_entities(candidate.name)
+        entities = parse_bids_name(candidate.name)
         same_run = {
             key: value for key, value in entities.items() if key not in _OUTPUT_ENTITIES
         }
@@ -615,7 +615,7 @@ def _read_subject(root: Path, label: str, task: str) -> _Subject:
 
 
 def _run_name(bold: Path) -> str:
-    entities = parse_entities(bold.name)
+    entities = parse_bids_name(bold.name)
     parts = [f"{key}-{entities[key]}" for key in ("ses", "run") if key in entities]
     return " ".join(parts) or bold.name
 
