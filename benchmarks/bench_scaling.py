@@ -32,6 +32,7 @@ from dask.utils import format_bytes
 
 from laion_fmri_dataloader.pipeline.levels import run_participants
 from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
+from laion_fmri_dataloader.pipeline.scheduler import IN_PROCESS, Scheduler
 from laion_fmri_dataloader.pipeline.scheduling import open_client
 from laion_fmri_dataloader.simulate import simulate_dataset
 
@@ -67,7 +68,7 @@ def _outputs(output_dir: Path) -> dict[str, bytes]:
 
 def _in_process(config: FirstLevelConfig, subjects: list[str]) -> dict:
     start, cpu = time.perf_counter(), _cpu_seconds()
-    results = run_participants(config, subjects, "none")
+    results = run_participants(config, subjects, IN_PROCESS)
     return {
         "setting": "in process",
         "start_s": 0.0,
@@ -84,7 +85,7 @@ def _in_process(config: FirstLevelConfig, subjects: list[str]) -> dict:
 
 def _on_cluster(config: FirstLevelConfig, subjects: list[str], workers: int) -> dict:
     start = time.perf_counter()
-    with open_client("local", workers=workers) as client:
+    with open_client(Scheduler.parse("local", workers=workers)) as client:
         client.wait_for_workers(workers)
         # Imports are paid once per worker; leave them out of the stage so that
         # the memory a task adds on top of them can be told apart.
@@ -93,7 +94,9 @@ def _on_cluster(config: FirstLevelConfig, subjects: list[str], workers: int) -> 
         started = time.perf_counter()
         # The cluster is reached by address, so that its workers can be asked
         # for their peak memory once the stage is over.
-        results = run_participants(config, subjects, client.scheduler.address)
+        results = run_participants(
+            config, subjects, Scheduler.parse(client.scheduler.address)
+        )
         stage = time.perf_counter() - started
         cpu = sum(client.run(_cpu_seconds).values()) - cpu
         load = os.getloadavg()[0]

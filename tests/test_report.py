@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from laion_fmri_dataloader import layout
+from laion_fmri_dataloader.pipeline.scheduler import IN_PROCESS
 from laion_fmri_dataloader.report import (
     HEADLESS_CHROMIUM_FLAGS,
     HIGH_MOTION_FD_MM,
@@ -510,7 +511,7 @@ def test_demo_runs_prints_a_working_snippet_and_reuses_its_work(
     small = SimulationConfig(subjects=6, runs=1, resolution=8.0, n_volumes=60, seed=2)
     monkeypatch.setattr(demo, "demo_simulation", lambda: small)
     monkeypatch.chdir(tmp_path)
-    assert demo.run_demo("data", scheduler="none") == 0
+    assert demo.run_demo("data", IN_PROCESS) == 0
     printed = capsys.readouterr().out
     glm = Path("data") / layout.DERIVATIVE_SUBDIR
     index = glm / report_path("index")
@@ -529,5 +530,5 @@ def test_demo_runs_prints_a_working_snippet_and_reuses_its_work(
             glm / report_path("sub-01"),
         ]
     }
-    assert demo.run_demo("data", scheduler="none") == 0
+    assert demo.run_demo("data", IN_PROCESS) == 0
     assert {path: path.stat().st_mtime_ns for path in made} == made

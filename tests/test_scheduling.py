@@ -36,8 +36,9 @@ from laion_fmri_dataloader.errors import (
     InvalidParameterError,
 )
 from laion_fmri_dataloader.pipeline.group import GroupConfig
-from laion_fmri_dataloader.pipeline.levels import _resolve_scheduler, run_participants
+from laion_fmri_dataloader.pipeline.levels import run_participants
 from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig, SubjectResult
+from laion_fmri_dataloader.pipeline.scheduler import Scheduler
 from laion_fmri_dataloader.pipeline.scheduling import (
     distributed_sign_flip,
     map_subjects,
@@ -313,12 +314,12 @@ def test_rerun_redoes_only_deleted_subject(
     dataset, reference, scheduler_address, tmp_path
 ):
     config = FirstLevelConfig(bids_dir=dataset, output_dir=tmp_path / "glm")
-    first = run_participants(config, SUBJECTS, scheduler_address)
+    first = run_participants(config, SUBJECTS, Scheduler.parse(scheduler_address))
     assert [r.status for r in first] == ["done", "done", "done"]
     kept = config.output_dir / "first_level" / "sub-01"
     mtimes = {path: path.stat().st_mtime_ns for path in kept.iterdir()}
     shutil.rmtree(config.output_dir / "first_level" / "sub-02")
-    second = run_participants(config, SUBJECTS, scheduler_address)
+    second = run_participants(config, SUBJECTS, Scheduler.parse(scheduler_address))
     assert [(r.subject, r.status) for r in second] == [
         ("sub-01", "skipped"),
         ("sub-02", "done"),
@@ -338,7 +339,7 @@ def test_task_bug_becomes_failed_result(scheduler_address, tmp_path, caplog):
         return SubjectResult(f"sub-{subject}", "done")
 
     results = map_subjects(
-        fit, tmp_path, ["sub-01", "02", "03"], scheduler=scheduler_address
+        fit, tmp_path, ["sub-01", "02", "03"], Scheduler.parse(scheduler_address)
     )
     assert [r.status for r in results] == ["done", "error", "done"]
     assert "RuntimeError: deliberate bug" in results[1].message
@@ -355,10 +356,19 @@ def test_task_that_kills_its_worker_fails_alone(tmp_path):
 
     # Dask's default allowed failures (3): the task kills four workers in turn.
     results = map_subjects(
-        fit, tmp_path, ["01", "02", "03"], scheduler="local", workers=1
+        fit, tmp_path, ["01", "02", "03"], Scheduler.parse("local", workers=1)
     )
     assert [r.status for r in results] == ["done", "failed", "done"]
     assert "the worker fitting sub-02 died 4 time(s)" in results[1].message
+
+
+def _flip_options(config: GroupConfig) -> dict:
+    return {
+        "n_perm": config.n_perm,
+        "alpha": config.alpha,
+        "one_sided": config.one_sided,
+        "seed": config.seed,
+    }
 
 
 def _effects(n_subjects: int, seed: int) -> np.ndarray:
@@ -383,7 +393,8 @@ def test_distributed_sign_flip_equals_in_process(n_workers, scheduler_address):
     else:
         scheduler, options = scheduler_address, {}
     # Both cases share the client of this block rather than each opening one.
-    with open_client(scheduler, **options) as client:
+    scheduler = Scheduler.parse(scheduler, **options)
+    with open_client(scheduler) as client:
         for effects, config in cases:
             expected = sign_flip_max_t(
                 effects,
@@ -394,7 +405,7 @@ def test_distributed_sign_flip_equals_in_process(n_workers, scheduler_address):
             )
             with get_task_stream(client) as stream:
                 result = distributed_sign_flip(
-                    effects, config, scheduler=scheduler, **options
+                    effects, scheduler=scheduler, **_flip_options(config)
                 )
             assert any(task["key"].startswith("sign-flip-") for task in stream.data)
             np.testing.assert_array_equal(result.max_t, expected.max_t)
@@ -414,7 +425,9 @@ def test_local_sign_flip_without_open_client_runs_in_process(caplog):
     effects = _effects(10, 3)
     config = GroupConfig(Path("."), n_perm=500, seed=1)
     children = psutil.Process().children(recursive=True)
-    result = distributed_sign_flip(effects, config, scheduler="local", workers=2)
+    result = distributed_sign_flip(
+        effects, scheduler=Scheduler.parse("local", workers=2), **_flip_options(config)
+    )
     assert psutil.Process().children(recursive=True) == children
     assert "computed in this process" in caplog.text
     expected = sign_flip_max_t(effects, n_perm=500, seed=1)
@@ -445,7 +458,9 @@ def test_distributed_sign_flip_checks_like_in_process(n_subjects, changes):
         )
     # The checks come first: the unreachable scheduler is never contacted.
     with pytest.raises(type(expected.value)) as raised:
-        distributed_sign_flip(effects, config, scheduler=UNREACHABLE)
+        distributed_sign_flip(
+            effects, scheduler=Scheduler.parse(UNREACHABLE), **_flip_options(config)
+        )
     assert str(raised.value) == str(expected.value)
 
 
@@ -466,7 +481,10 @@ def test_distributed_sign_flip_checks_like_in_process(n_subjects, changes):
 )
 def test_open_client_rejects_bad_options(scheduler, options, message, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(InputError, match=message), open_client(scheduler, **options):
+    with (
+        pytest.raises((InputError, InvalidParameterError), match=message),
+        open_client(Scheduler.parse(scheduler, **options)),
+    ):
         pass
 
 
@@ -535,7 +553,7 @@ def test_slurm_scheduler_runs_jobs_to_the_end(dataset, reference, tmp_path, fake
 @pytest.mark.timeout(120)
 def test_slurm_job_that_ends_is_replaced(fake_slurm):
     options = {"workers": 2, "memory_per_worker": "2GiB", "slurm_cores": 1}
-    with open_client("slurm", **options) as client:
+    with open_client(Scheduler.parse("slurm", **options)) as client:
         client.wait_for_workers(2, timeout=60)
         (first, _) = sorted(fake_slurm.glob("job-*.pid"))
         # As SLURM ends a job at its walltime or when its node fails.
@@ -552,11 +570,14 @@ def test_slurm_job_script_has_requested_options():
     from dask_jobqueue import SLURMCluster
 
     kwargs = slurm_cluster_kwargs(
-        memory_per_worker="6GiB",
-        slurm_queue="short",
-        slurm_account="lab42",
-        slurm_walltime="01:30:00",
-        slurm_cores=4,
+        Scheduler.parse(
+            "slurm",
+            memory_per_worker="6GiB",
+            slurm_queue="short",
+            slurm_account="lab42",
+            slurm_walltime="01:30:00",
+            slurm_cores=4,
+        )
     )
     kwargs["scheduler_options"]["host"] = "127.0.0.1"
     with SLURMCluster(**kwargs) as cluster:
@@ -582,7 +603,9 @@ def test_slurm_job_script_has_requested_options():
         "jobqueue.slurm.worker-extra-args": ["--lifetime", "55m"],
     }
     with dask.config.set(settings):
-        kwargs = slurm_cluster_kwargs(slurm_walltime="00:10:00")
+        kwargs = slurm_cluster_kwargs(
+            Scheduler.parse("slurm", slurm_walltime="00:10:00")
+        )
         kwargs["scheduler_options"]["host"] = "127.0.0.1"
         with SLURMCluster(**kwargs) as cluster:
             script = cluster.job_script()
@@ -608,4 +631,6 @@ def test_slurm_job_script_has_requested_options():
     ],
 )
 def test_auto_scheduler_runs_one_subject_in_process(scheduler, n_subjects, expected):
-    assert _resolve_scheduler(scheduler, n_subjects) == expected
+    assert Scheduler.parse(scheduler).for_subjects(n_subjects) == Scheduler.parse(
+        expected
+    )

@@ -9,7 +9,6 @@ the maps.  A rerun on the same folder reuses everything that is complete.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
@@ -17,13 +16,18 @@ from pathlib import Path
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.errors import InputError
-from laion_fmri_dataloader.pipeline.group import GroupConfig, run_group
-from laion_fmri_dataloader.pipeline.levels import run_participants, select_subjects
+from laion_fmri_dataloader.pipeline.group import GroupConfig
+from laion_fmri_dataloader.pipeline.levels import (
+    run_group_level,
+    run_participants,
+    select_subjects,
+)
 from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
+from laion_fmri_dataloader.pipeline.scheduler import Scheduler
 from laion_fmri_dataloader.report import report_path, write_reports
 from laion_fmri_dataloader.simulate import SimulationConfig, simulate_dataset
 
-__all__ = ["DEMO_SUBJECTS", "default_scheduler", "demo_simulation", "run_demo"]
+__all__ = ["DEMO_SCHEDULER", "DEMO_SUBJECTS", "demo_simulation", "run_demo"]
 
 log = logging.getLogger("laion_fmri")
 
@@ -33,20 +37,8 @@ log = logging.getLogger("laion_fmri")
 DEMO_SUBJECTS = 8
 
 
-def default_scheduler() -> str:
-    """The demo's scheduler: ``"local"`` where available, else ``"none"``.
-
-    ``"local"`` is a Dask LocalCluster of :mod:`.scheduling`; ``"none"`` runs
-    every step in this process.
-    """
-    try:
-        scheduling = importlib.import_module(
-            "laion_fmri_dataloader.pipeline.scheduling"
-        )
-    except ImportError:
-        return "none"
-    needed = ("map_subjects", "distributed_sign_flip")
-    return "local" if all(hasattr(scheduling, name) for name in needed) else "none"
+#: The demo's scheduler: a Dask LocalCluster, one worker per core.
+DEMO_SCHEDULER = Scheduler("local")
 
 
 def demo_simulation() -> SimulationConfig:
@@ -64,9 +56,7 @@ def _simulation_is_complete(directory: Path, parameters: dict) -> bool:
     return recorded == parameters
 
 
-def run_demo(
-    directory: str | Path, workers: int | None = None, scheduler: str | None = None
-) -> int:
+def run_demo(directory: str | Path, scheduler: Scheduler = DEMO_SCHEDULER) -> int:
     """Simulate, fit participant and group levels, write reports; return 0.
 
     Parameters
@@ -74,11 +64,9 @@ def run_demo(
     directory : str or Path
         Folder of the simulated BIDS dataset; the GLM derivatives go to
         ``directory/derivatives/glm``.  Complete work in it is reused.
-    workers : int, optional
-        Dask workers (default: Dask's choice for this machine).
-    scheduler : str, optional
-        ``"local"``, ``"none"`` (in this process) or a scheduler address;
-        default :func:`default_scheduler`.
+    scheduler : Scheduler, default=DEMO_SCHEDULER
+        Where the subjects and the sign flips run (a LocalCluster by default;
+        ``Scheduler("none")`` runs every step in this process).
 
     Returns
     -------
@@ -92,7 +80,6 @@ def run_demo(
     """
     start = time.monotonic()
     directory = Path(directory)
-    scheduler = scheduler or default_scheduler()
     glm_dir = directory / layout.DERIVATIVE_SUBDIR
     simulation = demo_simulation()
     log.info(
@@ -119,8 +106,7 @@ def run_demo(
     log.info(
         "demo: first level of %d subjects (scheduler %s)", len(subjects), scheduler
     )
-    options = {"workers": workers} if scheduler != "none" else {}
-    results = run_participants(config, subjects, scheduler, **options)
+    results = run_participants(config, subjects, scheduler)
     failed = [result for result in results if result.status == "failed"]
     for result in failed:
         log.error("%s failed: %s", result.subject, result.message)
@@ -129,7 +115,7 @@ def run_demo(
             f"{len(failed)} subject(s) failed at the first level; see the log above"
         )
     log.info("demo: group level")
-    run_group(GroupConfig(output_dir=glm_dir), scheduler=scheduler, **options)
+    run_group_level(GroupConfig(output_dir=glm_dir), scheduler)
     log.info("demo: writing reports")
     write_reports(glm_dir)
     index = glm_dir / report_path("index")

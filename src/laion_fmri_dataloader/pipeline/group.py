@@ -14,8 +14,10 @@ log state.  Everything is read and checked before anything is written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -39,6 +41,7 @@ from laion_fmri_dataloader.sidecar import (
     software_versions,
 )
 from laion_fmri_dataloader.stats.inference import (
+    PermutationResult,
     bonferroni_mask,
     cluster_table,
     fdr_threshold,
@@ -51,8 +54,10 @@ from laion_fmri_dataloader.stats.second_level import OneSampleResult, one_sample
 
 __all__ = [
     "MIN_SUBJECTS",
+    "FweMethod",
     "GroupConfig",
     "GroupInputs",
+    "SignFlipTest",
     "read_group_inputs",
     "run_group",
 ]
@@ -61,6 +66,14 @@ log = logging.getLogger("laion_fmri")
 
 #: Fewer subjects than this give no usable estimate of between-subject variance.
 MIN_SUBJECTS = 3
+
+#: ``--fwe``: ``auto`` is a permutation when it can reach alpha, else Bonferroni.
+FweMethod = Literal["auto", "permutation", "bonferroni"]
+
+#: The sign-flip test the group level is given: ``sign_flip_max_t``'s signature,
+#: ``(effects, *, n_perm, alpha, one_sided, seed) -> PermutationResult``; run in
+#: this process or on Dask workers, as the caller chose.
+SignFlipTest = Callable[..., PermutationResult]
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,7 @@ class GroupConfig:
     subjects: tuple[str, ...] = ()
     alpha: float = 0.05
     n_perm: int = 10000
-    fwe: str = "auto"
+    fwe: FweMethod = "auto"
     one_sided: bool = False
     seed: int = 0
     smoothing_fwhm: float | None = None
@@ -121,6 +134,7 @@ class GroupInputs:
     effects: dict[str, np.ndarray]
     files: list[Path]
     contrast_info: dict[str, ContrastInfo]
+    first_level_model: ModelInfo
 
 
 def _subjects_with_maps(root: Path, task: str) -> list[str]:
@@ -223,10 +237,8 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
         effects[contrast] = stacked.astype(np.float64)
     if not mask.any():
         raise InputError("the subjects' masks do not overlap; are they in one space?")
-    sidecar_path = root / layout.sidecar_of(
-        layout.first_level_map(subjects[0], config.task, contrasts[0], "effect")
-    )
     info = {}
+    model = ModelInfo()
     for contrast in contrasts:
         sidecar_path = root / layout.sidecar_of(
             layout.first_level_map(subjects[0], config.task, contrast, "effect")
@@ -234,6 +246,7 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
         if sidecar_path.is_file():
             sidecar = MapSidecar.model_validate_json(sidecar_path.read_text())
             info.update(sidecar.Contrasts)
+            model = sidecar.Model
     return GroupInputs(
         subjects=[f"sub-{s}" for s in subjects],
         contrasts=contrasts,
@@ -243,6 +256,7 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
         effects=effects,
         files=files,
         contrast_info=info,
+        first_level_model=model,
     )
 
 
@@ -300,8 +314,18 @@ def _survivor_threshold(z: np.ndarray, survive: np.ndarray) -> float | None:
     return float(stored[survive].min()) if survive.any() else None
 
 
-def run_group(config: GroupConfig, scheduler: str = "none", **options) -> list[Path]:
+def run_group(
+    config: GroupConfig, sign_flip: SignFlipTest = sign_flip_max_t
+) -> list[Path]:
     """Fit the group level of every contrast and write its maps.
+
+    Parameters
+    ----------
+    config : GroupConfig
+        The options of the group level.
+    sign_flip : callable, default=sign_flip_max_t
+        The sign-flip test of the FWE maps (in this process by default; the
+        pipeline passes one that runs on Dask workers when a cluster is named).
 
     Returns
     -------
@@ -340,30 +364,14 @@ def run_group(config: GroupConfig, scheduler: str = "none", **options) -> list[P
     written: list[Path] = []
     for contrast in inputs.contrasts:
         written += _contrast_outputs(
-            config, inputs, contrast, method, fingerprint, scheduler, options
+            config, inputs, contrast, method, fingerprint, sign_flip
         )
     mask_image = nib.Nifti1Image(inputs.mask.astype(np.uint8), inputs.affine)
     written.append(save_image(mask_image, root / layout.group_mask()))
     return written
 
 
-def _permutation(effects, config, scheduler, options):
-    if scheduler == "none":
-        return sign_flip_max_t(
-            effects,
-            n_perm=config.n_perm,
-            alpha=config.alpha,
-            one_sided=config.one_sided,
-            seed=config.seed,
-        )
-    from laion_fmri_dataloader.pipeline.scheduling import distributed_sign_flip
-
-    return distributed_sign_flip(effects, config, scheduler=scheduler, **options)
-
-
-def _contrast_outputs(
-    config, inputs, contrast, method, fingerprint, scheduler, options
-):
+def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
     root = Path(config.output_dir)
     effects = inputs.effects[contrast]
     result: OneSampleResult = one_sample_t(effects, one_sided=config.one_sided)
@@ -373,7 +381,9 @@ def _contrast_outputs(
         Subjects=inputs.subjects,
         Model=ModelInfo(
             Type="OLS one-sample t test over subjects' first-level effects",
-            HRF="spm",
+            HRF=inputs.first_level_model.HRF,
+            DriftModel=inputs.first_level_model.DriftModel,
+            HighPassFilter=inputs.first_level_model.HighPassFilter,
             NoiseModel="ols",
             SmoothingFWHM=config.smoothing_fwhm,
         ),
@@ -404,7 +414,13 @@ def _contrast_outputs(
         Note=f"voxels with p <= {p_cut:.6g} survive (q = {config.alpha})",
     )
     if method == "permutation":
-        permutation = _permutation(effects, config, scheduler, options)
+        permutation = sign_flip(
+            effects,
+            n_perm=config.n_perm,
+            alpha=config.alpha,
+            one_sided=config.one_sided,
+            seed=config.seed,
+        )
         survivors["fwe"] = permutation.mask
         corrections["fwe"] = CorrectionInfo(
             Method="fwe (sign-flip permutation of max |t|)"

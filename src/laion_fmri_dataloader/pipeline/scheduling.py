@@ -1,9 +1,10 @@
 """Dask scheduling: the same pipeline on a laptop, a scheduler address or SLURM.
 
-:func:`open_client` gives a :class:`dask.distributed.Client` for a ``--scheduler``
-value: ``"local"`` (a :class:`~distributed.LocalCluster` sized to the machine),
-``"slurm"`` (a :class:`dask_jobqueue.SLURMCluster`, one worker per job) or the
-address of a running scheduler (``tcp://HOST:PORT``).
+:func:`open_client` gives a :class:`dask.distributed.Client` for a
+:class:`~laion_fmri_dataloader.pipeline.scheduler.Scheduler`: ``local`` (a
+:class:`~distributed.LocalCluster` sized to the machine), ``slurm`` (a
+:class:`dask_jobqueue.SLURMCluster`, one worker per job) or the address of a
+running scheduler (``tcp://HOST:PORT``).
 
 :func:`map_subjects` runs the first level as one task per subject.  A task reads
 its inputs and writes its outputs itself, so that only the configuration and a
@@ -14,7 +15,8 @@ atomically and deterministically, so the rerun gives the bytes an undisturbed
 run gives.  A subject whose outputs are complete is skipped by the first level
 itself, which makes an interrupted run resumable by running it again.
 
-:func:`distributed_sign_flip` computes the chunks of a sign-flip permutation test
+:func:`permutation_function` gives the group level its sign-flip test:
+:func:`distributed_sign_flip`, which computes the chunks of a sign-flip permutation test
 on the workers and reduces them on the client, with the result of
 :func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t` bit for bit (on
 ``"local"`` it runs in this process, where that function already uses every
@@ -29,28 +31,29 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-import re
 import shutil
 import sys
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dask
 import numpy as np
-from dask.utils import format_bytes, parse_bytes
+from dask.utils import format_bytes
 from distributed import Client, KilledWorker, LocalCluster, as_completed
 from distributed.system import MEMORY_LIMIT
 from threadpoolctl import threadpool_limits
 
 from laion_fmri_dataloader._system import usable_cpus
-from laion_fmri_dataloader.errors import InputError
+from laion_fmri_dataloader.errors import InputError, InvalidParameterError
 from laion_fmri_dataloader.layout import subject_label
 from laion_fmri_dataloader.pipeline.participant import SubjectResult
+from laion_fmri_dataloader.pipeline.scheduler import Scheduler, check_memory
 from laion_fmri_dataloader.stats.inference import (
     DEFAULT_CHUNK_SIZE,
     PermutationResult,
@@ -68,15 +71,13 @@ __all__ = [
     "distributed_sign_flip",
     "map_subjects",
     "open_client",
+    "permutation_function",
     "slurm_cluster_kwargs",
 ]
 
 log = logging.getLogger("laion_fmri")
 
 ConfigT = TypeVar("ConfigT")
-
-#: ``--scheduler`` values that name a cluster rather than an address.
-_NAMED_SCHEDULERS = ("local", "slurm")
 
 # Tasks per worker thread of a permutation test: a few per thread balance
 # workers of unequal speed at a negligible cost per task.
@@ -89,51 +90,11 @@ _TASKS_PER_THREAD = 4
 # counts as a failure of every subject queued on it, not only the one it fitted.
 _SUBJECT_RESOURCE = "subject"
 
-# Clients of the open_client blocks being executed, by their arguments.
-_OPEN_CLIENTS: dict[tuple, Client] = {}
-
-# What ``sbatch --time`` accepts: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
-_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+# Clients of the open_client blocks being executed, by their scheduler.
+_OPEN_CLIENTS: dict[Scheduler, Client] = {}
 
 
-def _check_workers(workers: int | None) -> int | None:
-    if workers is None:
-        return None
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InputError(f"--workers must be a whole number >= 1; got {workers!r}")
-    return workers
-
-
-def _check_memory(memory: str | int) -> int:
-    """Bytes of a size such as ``"4GiB"``; InputError when it is not one."""
-    try:
-        size = parse_bytes(memory)
-    except (ValueError, TypeError):
-        size = 0
-    if size <= 0:
-        raise InputError(
-            f"--memory-per-worker must be a size such as 4GiB or 8GB; got {memory!r}"
-        )
-    return size
-
-
-def _check_scheduler(scheduler: str) -> None:
-    if scheduler in _NAMED_SCHEDULERS or "://" in str(scheduler):
-        return
-    raise InputError(
-        "--scheduler must be 'auto', 'local', 'slurm', 'none' or a scheduler address "
-        f"such as tcp://HOST:PORT; got {scheduler!r}"
-    )
-
-
-def slurm_cluster_kwargs(
-    *,
-    memory_per_worker: str | None = None,
-    slurm_queue: str | None = None,
-    slurm_account: str | None = None,
-    slurm_walltime: str | None = None,
-    slurm_cores: int | None = None,
-) -> dict[str, Any]:
+def slurm_cluster_kwargs(scheduler: Scheduler) -> dict[str, Any]:
     """Keyword arguments of :class:`dask_jobqueue.SLURMCluster` for the pipeline.
 
     Each SLURM job runs one Dask worker (``processes=1``) with ``slurm_cores``
@@ -144,16 +105,13 @@ def slurm_cluster_kwargs(
 
     Parameters
     ----------
-    memory_per_worker : str or None
-        Memory of a job and limit of its worker, e.g. ``"8GiB"``; falls back to
-        ``jobqueue.slurm.memory``.
-    slurm_queue, slurm_account : str or None
-        SLURM partition (``-p``) and account (``-A``).
-    slurm_walltime : str or None
-        Time limit of a job, e.g. ``"02:00:00"`` or ``"1-00:00:00"``.
-    slurm_cores : int or None
-        CPUs of a job and threads of its worker; falls back to
-        ``jobqueue.slurm.cores``, then 1.
+    scheduler : Scheduler
+        Its ``memory_per_worker`` (memory of a job and limit of its worker, e.g.
+        ``"8GiB"``; falls back to ``jobqueue.slurm.memory``), ``slurm_queue`` and
+        ``slurm_account`` (SLURM partition ``-p`` and account ``-A``),
+        ``slurm_walltime`` (time limit of a job, e.g. ``"02:00:00"``) and
+        ``slurm_cores`` (CPUs of a job and threads of its worker; falls back to
+        ``jobqueue.slurm.cores``, then 1).
 
     Returns
     -------
@@ -162,13 +120,14 @@ def slurm_cluster_kwargs(
 
     Raises
     ------
-    InputError
-        If the memory is missing or not a size, the cores are not a positive
-        whole number or the walltime is not in a format SLURM accepts.
+    InvalidParameterError
+        If the memory is missing or not a size, or the configured cores are not
+        a positive whole number.
 
     Examples
     --------
-    >>> kwargs = slurm_cluster_kwargs(memory_per_worker="8GiB", slurm_cores=4)
+    >>> scheduler = Scheduler.parse("slurm", memory_per_worker="8GiB", slurm_cores=4)
+    >>> kwargs = slurm_cluster_kwargs(scheduler)
     >>> kwargs["processes"], kwargs["cores"], kwargs["memory"]
     (1, 4, '8GiB')
     """
@@ -184,17 +143,21 @@ def slurm_cluster_kwargs(
             **dask.config.get("jobqueue.slurm.scheduler-options", {}),
         },
     }
-    memory = memory_per_worker or dask.config.get("jobqueue.slurm.memory", None)
+    memory = scheduler.memory_per_worker or dask.config.get(
+        "jobqueue.slurm.memory", None
+    )
     if memory is None:
-        raise InputError(
+        raise InvalidParameterError(
             "--scheduler slurm needs --memory-per-worker (e.g. 8GiB) or "
             "jobqueue.slurm.memory in the Dask configuration"
         )
-    _check_memory(memory)
+    check_memory(memory)
     kwargs["memory"] = memory
-    cores = slurm_cores or dask.config.get("jobqueue.slurm.cores", None) or 1
+    cores = scheduler.slurm_cores or dask.config.get("jobqueue.slurm.cores", None) or 1
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise InputError(f"--slurm-cores must be a whole number >= 1; got {cores!r}")
+        raise InvalidParameterError(
+            f"--slurm-cores must be a whole number >= 1; got {cores!r}"
+        )
     kwargs["cores"] = cores
     # Passing worker_extra_args replaces the configured ones, so extend them.
     kwargs["worker_extra_args"] = [
@@ -202,17 +165,12 @@ def slurm_cluster_kwargs(
         "--resources",
         f"{_SUBJECT_RESOURCE}={cores}",
     ]
-    if slurm_walltime is not None:
-        if not _WALLTIME.match(str(slurm_walltime)):
-            raise InputError(
-                "--slurm-walltime must be a SLURM time such as 02:00:00 or "
-                f"1-00:00:00; got {slurm_walltime!r}"
-            )
-        kwargs["walltime"] = slurm_walltime
-    if slurm_queue is not None:
-        kwargs["queue"] = slurm_queue
-    if slurm_account is not None:
-        kwargs["account"] = slurm_account
+    if scheduler.slurm_walltime is not None:
+        kwargs["walltime"] = scheduler.slurm_walltime
+    if scheduler.slurm_queue is not None:
+        kwargs["queue"] = scheduler.slurm_queue
+    if scheduler.slurm_account is not None:
+        kwargs["account"] = scheduler.slurm_account
     return kwargs
 
 
@@ -243,7 +201,7 @@ def _local_client(
 ) -> Iterator[Client]:
     n_workers = workers or usable_cpus()
     memory_limit = (
-        _check_memory(memory_per_worker)
+        check_memory(memory_per_worker)
         if memory_per_worker
         else MEMORY_LIMIT // n_workers
     )
@@ -289,8 +247,8 @@ def _address_client(address: str) -> Iterator[Client]:
 
 
 @contextmanager
-def _slurm_client(workers: int | None, **slurm_options) -> Iterator[Client]:
-    kwargs = slurm_cluster_kwargs(**slurm_options)
+def _slurm_client(scheduler: Scheduler) -> Iterator[Client]:
+    kwargs = slurm_cluster_kwargs(scheduler)
     if shutil.which("sbatch") is None:
         raise InputError(
             "--scheduler slurm needs the SLURM command sbatch, which is not on PATH; "
@@ -304,7 +262,7 @@ def _slurm_client(workers: int | None, **slurm_options) -> Iterator[Client]:
         raise InputError(
             f"dask-jobqueue rejected the SLURM options: {error}"
         ) from error
-    n_jobs = workers or 1
+    n_jobs = scheduler.workers or 1
     with cluster, Client(cluster) as client:
         # Adaptive with a fixed size rather than scale(): a job that ends (its
         # walltime, a node failure) is replaced, and its tasks rerun there.
@@ -319,65 +277,28 @@ def _slurm_client(workers: int | None, **slurm_options) -> Iterator[Client]:
         yield client
 
 
-def _client_spec(
-    scheduler: str,
-    *,
-    workers: int | None = None,
-    memory_per_worker: str | None = None,
-    slurm_queue: str | None = None,
-    slurm_account: str | None = None,
-    slurm_walltime: str | None = None,
-    slurm_cores: int | None = None,
-) -> tuple:
-    """The arguments of :func:`open_client` that identify the client it opens."""
-    return (
-        scheduler,
-        workers,
-        memory_per_worker,
-        slurm_queue,
-        slurm_account,
-        slurm_walltime,
-        slurm_cores,
-    )
-
-
 @contextmanager
-def open_client(
-    scheduler: str,
-    *,
-    workers: int | None = None,
-    memory_per_worker: str | None = None,
-    slurm_queue: str | None = None,
-    slurm_account: str | None = None,
-    slurm_walltime: str | None = None,
-    slurm_cores: int | None = None,
-) -> Iterator[Client]:
-    """A Dask client for a ``--scheduler`` value, closed (with its cluster) on exit.
+def open_client(scheduler: Scheduler) -> Iterator[Client]:
+    """A Dask client of a scheduler, closed (with its cluster) on exit.
 
-    Inside an ``open_client`` block, a call with the same arguments yields the
+    Inside an ``open_client`` block, a call with the same scheduler yields the
     client already open instead of starting another cluster, so that a caller
     that maps subjects and then runs a permutation test per contrast can pay for
     one cluster start::
 
-        with open_client("local", workers=4):
-            run_group(config, scheduler="local", workers=4)
+        with open_client(scheduler):
+            run_group(config, permutation_function(scheduler))
 
     Parameters
     ----------
-    scheduler : str
-        ``"local"``: a :class:`~distributed.LocalCluster` of ``workers`` processes
-        (default one per core) with one thread each.  ``"slurm"``: a
-        :class:`dask_jobqueue.SLURMCluster` scaled to ``workers`` jobs (default 1),
-        see :func:`slurm_cluster_kwargs`.  Otherwise the address of a running
-        scheduler, e.g. ``"tcp://10.0.0.5:8786"``, which is left running.
-    workers : int or None
-        Worker processes (local) or SLURM jobs.
-    memory_per_worker : str or None
-        Memory limit of a worker, e.g. ``"4GiB"``; locally the default shares the
-        machine's memory between the workers.  A worker past 95 % of it is
-        restarted and its task rerun elsewhere.
-    slurm_queue, slurm_account, slurm_walltime, slurm_cores
-        See :func:`slurm_cluster_kwargs`.
+    scheduler : Scheduler
+        ``local``: a :class:`~distributed.LocalCluster` of ``workers`` processes
+        (default one per core) with one thread each, within ``memory_per_worker``
+        (default: the machine's memory shared between the workers; a worker past
+        95 % of it is restarted and its task rerun elsewhere).  ``slurm``: a
+        :class:`dask_jobqueue.SLURMCluster` scaled to ``workers`` jobs (default
+        1), see :func:`slurm_cluster_kwargs`.  ``address``: a running scheduler,
+        e.g. ``tcp://10.0.0.5:8786``, which is left running.
 
     Yields
     ------
@@ -387,48 +308,35 @@ def open_client(
     Raises
     ------
     InputError
-        On an unknown scheduler, a bad option, a scheduler that cannot be
-        reached or SLURM options that dask-jobqueue rejects.
+        On a scheduler that cannot be reached, no ``sbatch`` for ``slurm``, or
+        SLURM options that dask-jobqueue rejects.
+    InvalidParameterError
+        On SLURM options that are missing (see :func:`slurm_cluster_kwargs`), or
+        a scheduler that runs in this process (``none``, ``auto``).
     """
-    _check_scheduler(scheduler)
-    workers = _check_workers(workers)
-    spec = _client_spec(
-        scheduler,
-        workers=workers,
-        memory_per_worker=memory_per_worker,
-        slurm_queue=slurm_queue,
-        slurm_account=slurm_account,
-        slurm_walltime=slurm_walltime,
-        slurm_cores=slurm_cores,
-    )
-    if spec in _OPEN_CLIENTS:
-        yield _OPEN_CLIENTS[spec]
+    if scheduler in _OPEN_CLIENTS:
+        yield _OPEN_CLIENTS[scheduler]
         return
-    if memory_per_worker:
-        _check_memory(memory_per_worker)
-    if scheduler == "local":
-        context = _local_client(workers, memory_per_worker)
-    elif scheduler == "slurm":
-        context = _slurm_client(
-            workers,
-            memory_per_worker=memory_per_worker,
-            slurm_queue=slurm_queue,
-            slurm_account=slurm_account,
-            slurm_walltime=slurm_walltime,
-            slurm_cores=slurm_cores,
-        )
+    if scheduler.kind == "local":
+        context = _local_client(scheduler.workers, scheduler.memory_per_worker)
+    elif scheduler.kind == "slurm":
+        context = _slurm_client(scheduler)
+    elif scheduler.kind == "address":
+        context = _address_client(scheduler.address)
     else:
-        context = _address_client(scheduler)
+        raise InvalidParameterError(
+            f"--scheduler {scheduler} runs in this process and opens no Dask client"
+        )
     with _quiet_dask_logs(), context as client:
         # Without bokeh the dashboard port only serves a page asking for bokeh.
         has_dashboard = "dashboard" in client.scheduler_info().get("services", {})
-        if has_dashboard and (scheduler not in _NAMED_SCHEDULERS or _has_bokeh()):
+        if has_dashboard and (not scheduler.starts_cluster or _has_bokeh()):
             log.info("Dask dashboard: %s", client.dashboard_link)
-        _OPEN_CLIENTS[spec] = client
+        _OPEN_CLIENTS[scheduler] = client
         try:
             yield client
         finally:
-            del _OPEN_CLIENTS[spec]
+            del _OPEN_CLIENTS[scheduler]
 
 
 def _absolute_paths(config: ConfigT) -> ConfigT:
@@ -521,9 +429,7 @@ def map_subjects(
     func: Callable[[ConfigT, str], SubjectResult],
     config: ConfigT,
     subjects: Sequence[str],
-    *,
-    scheduler: str = "local",
-    **options: Any,
+    scheduler: Scheduler,
 ) -> list[SubjectResult]:
     """Run ``func(config, subject)`` for every subject as one Dask task each.
 
@@ -537,11 +443,8 @@ def map_subjects(
         first, since workers may run in another working directory.
     subjects : sequence of str
         Subject labels (``"01"`` or ``"sub-01"``).
-    scheduler : str, default="local"
+    scheduler : Scheduler
         See :func:`open_client`.
-    **options
-        ``workers``, ``memory_per_worker`` and the ``slurm_*`` options of
-        :func:`open_client`.
 
     Returns
     -------
@@ -563,8 +466,8 @@ def map_subjects(
     token = uuid.uuid4().hex[:8]
     results: dict[str, SubjectResult] = {}
     # Workers of a scheduler given by address may not declare the resource.
-    resources = {_SUBJECT_RESOURCE: 1} if scheduler in _NAMED_SCHEDULERS else None
-    with open_client(scheduler, **options) as client:
+    resources = {_SUBJECT_RESOURCE: 1} if scheduler.starts_cluster else None
+    with open_client(scheduler) as client:
 
         def submit(label: str):
             return client.submit(
@@ -580,7 +483,7 @@ def map_subjects(
         # At most one subject in flight per worker thread: a worker that dies
         # then takes only the subject it was fitting with it, not others queued
         # on it (Dask counts every task assigned to a dying worker as suspect).
-        window = max(1, sum(client.nthreads().values()), options.get("workers") or 1)
+        window = max(1, sum(client.nthreads().values()), scheduler.workers or 1)
         waiting = iter(labels)
         futures = {submit(label): f"sub-{label}" for label in islice(waiting, window)}
         log.info("first level: %d subjects, %d at a time", len(labels), len(futures))
@@ -631,15 +534,17 @@ def _max_t_of_chunks(
 
 def distributed_sign_flip(
     effects: np.ndarray,
-    config: Any,
     *,
-    scheduler: str = "local",
+    scheduler: Scheduler,
+    n_perm: int = 10000,
+    alpha: float = 0.05,
+    one_sided: bool = False,
+    seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    **options: Any,
 ) -> PermutationResult:
     """:func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t` on Dask workers.
 
-    With ``scheduler="local"`` and no :func:`open_client` block open for it, the
+    With a ``local`` scheduler and no :func:`open_client` block open for it, the
     test runs in this process instead: ``sign_flip_max_t`` already uses every
     core, and starting worker processes per contrast would cost more than the
     test.
@@ -655,15 +560,11 @@ def distributed_sign_flip(
     ----------
     effects : numpy.ndarray, shape (n_subjects, n_voxels)
         One effect map per subject, finite, inside the group mask.
-    config : GroupConfig
-        Provides ``n_perm``, ``alpha``, ``one_sided`` and ``seed``.
-    scheduler : str, default="local"
+    scheduler : Scheduler
         See :func:`open_client`.
-    chunk_size : int, default=DEFAULT_CHUNK_SIZE
-        Sign flips per chunk; part of the definition of the random flips.
-    **options
-        ``workers``, ``memory_per_worker`` and the ``slurm_*`` options of
-        :func:`open_client`.
+    n_perm, alpha, one_sided, seed, chunk_size
+        As :func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t`; the
+        chunk size is part of the definition of the random flips.
 
     Returns
     -------
@@ -672,36 +573,36 @@ def distributed_sign_flip(
 
     Raises
     ------
-    InputError, InvalidLabelError
+    InvalidParameterError
         Exactly when :func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t`
-        raises them, before any client is opened.
+        raises it, before any client is opened.
     """
-    if scheduler == "local" and _client_spec(scheduler, **options) not in _OPEN_CLIENTS:
+    if scheduler.kind == "local" and scheduler not in _OPEN_CLIENTS:
         # sign_flip_max_t already spreads the chunks over this machine's cores
         # with threads; a LocalCluster started for one test would only add
         # seconds of start-up and copies of the data, for the same result.
         log.info("FWE: sign flips computed in this process, on every core")
         return sign_flip_max_t(
             effects,
-            n_perm=config.n_perm,
-            alpha=config.alpha,
-            one_sided=config.one_sided,
-            seed=config.seed,
+            n_perm=n_perm,
+            alpha=alpha,
+            one_sided=one_sided,
+            seed=seed,
             chunk_size=chunk_size,
         )
     data = prepare_sign_flip(effects)
     n_used, exhaustive = check_permutation_test(
         data.n_subjects,
-        n_perm=config.n_perm,
-        alpha=config.alpha,
-        one_sided=config.one_sided,
-        seed=config.seed,
+        n_perm=n_perm,
+        alpha=alpha,
+        one_sided=one_sided,
+        seed=seed,
         chunk_size=chunk_size,
     )
     total_chunks = n_chunks(data.n_subjects, n_used, chunk_size)
     token = uuid.uuid4().hex[:8]
-    with open_client(scheduler, **options) as client:
-        n_threads = sum(client.nthreads().values()) or options.get("workers") or 1
+    with open_client(scheduler) as client:
+        n_threads = sum(client.nthreads().values()) or scheduler.workers or 1
         n_tasks = min(total_chunks, _TASKS_PER_THREAD * n_threads)
         groups = np.array_split(np.arange(total_chunks), n_tasks)
         log.info(
@@ -718,9 +619,9 @@ def distributed_sign_flip(
                 shared,
                 group.tolist(),
                 n_perm=n_used,
-                seed=config.seed,
+                seed=seed,
                 chunk_size=chunk_size,
-                one_sided=config.one_sided,
+                one_sided=one_sided,
                 key=f"sign-flip-chunks-{group[0]}-{group[-1]}-{token}",
                 pure=False,
                 retries=2,
@@ -732,8 +633,22 @@ def distributed_sign_flip(
         data,
         max_t,
         exhaustive=exhaustive,
-        seed=config.seed,
+        seed=seed,
         chunk_size=chunk_size,
-        alpha=config.alpha,
-        one_sided=config.one_sided,
+        alpha=alpha,
+        one_sided=one_sided,
     )
+
+
+def permutation_function(scheduler: Scheduler) -> Callable[..., PermutationResult]:
+    """The group level's sign-flip test for a scheduler.
+
+    In this process (``none``): :func:`~laion_fmri_dataloader.stats.inference.
+    sign_flip_max_t` itself; otherwise :func:`distributed_sign_flip` on that
+    scheduler.  Both take the effects and ``n_perm``, ``alpha``, ``one_sided``
+    and ``seed``, and give the same result bit for bit.
+    """
+    scheduler = scheduler.for_group()
+    if scheduler.in_process:
+        return sign_flip_max_t
+    return partial(distributed_sign_flip, scheduler=scheduler)

@@ -1,0 +1,244 @@
+"""What each ``laion-fmri-glm`` command does, from its parsed arguments.
+
+The pipeline's modules are imported inside the commands, so that
+``laion-fmri-glm --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from laion_fmri_dataloader import layout
+from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS, parse_contrast
+from laion_fmri_dataloader.errors import InvalidLabelError, InvalidParameterError
+from laion_fmri_dataloader.io.storage import is_remote
+from laion_fmri_dataloader.layout import subject_label
+from laion_fmri_dataloader.pipeline.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
+
+__all__ = [
+    "config_from_args",
+    "demo",
+    "glm",
+    "info",
+    "parse_condition_map",
+    "run_glm_command",
+    "scheduler_from_args",
+    "simulate",
+]
+
+log = logging.getLogger("laion_fmri")
+
+
+def info(args: argparse.Namespace) -> int:
+    """``laion-fmri-glm info DATA_DIR``."""
+    from laion_fmri_dataloader.dataset import LAIONfMRIDataset
+    from laion_fmri_dataloader.layout import FIRST_LEVEL_STAT_TYPES, GROUP_STAT_TYPES
+
+    dataset = LAIONfMRIDataset(args.data_dir)
+    print(f"GLM derivatives in {dataset.root}")
+    print(
+        f"subjects ({len(dataset.subjects)}): {', '.join(dataset.subjects) or 'none'}"
+    )
+    print(f"tasks: {', '.join(dataset.tasks()) or 'none'}")
+    missing = []
+    for subject in dataset.subjects:
+        for task in dataset.tasks(subject):
+            contrasts = dataset.contrasts(subject, task)
+            stats = dataset.stat_types(subject, task)
+            print(
+                f"  {subject} task-{task}: {len(contrasts)} contrasts "
+                f"({', '.join(contrasts)}); stat types: {', '.join(stats)}"
+            )
+            missing += [
+                f"{subject} task-{task} {contrast} stat-{stat}"
+                for contrast in contrasts
+                for stat in FIRST_LEVEL_STAT_TYPES
+                if not dataset.has_map(subject, task, contrast, stat)
+            ]
+    group_contrasts = dataset.contrasts() if dataset.stat_types() else []
+    print(
+        f"group level: {len(group_contrasts)} contrasts ({', '.join(group_contrasts)})"
+    )
+    if group_contrasts:
+        print(f"  stat types: {', '.join(dataset.stat_types())}")
+        print(f"  corrections: {', '.join(dataset.corrections()) or 'none'}")
+    for contrast in group_contrasts:
+        missing += [
+            f"group {contrast} stat-{stat}"
+            for stat in GROUP_STAT_TYPES
+            if stat in dataset.stat_types()
+            and not dataset.has_map(contrast=contrast, stat_type=stat)
+        ]
+        for correction in dataset.corrections():
+            if correction not in dataset.corrections(contrast):
+                missing.append(f"group {contrast} {correction}-corrected")
+    if not group_contrasts:
+        missing.append("group level (run `laion-fmri-glm glm ... group`)")
+    print("missing: " + ("nothing" if not missing else f"{len(missing)}"))
+    for item in missing:
+        print(f"  {item}")
+    return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """``laion-fmri-glm simulate OUTPUT_DIR``."""
+    from laion_fmri_dataloader.simulate import simulate_dataset
+
+    options = {
+        "subjects": args.subjects,
+        "runs": args.runs,
+        "resolution": args.resolution,
+        "n_volumes": args.n_volumes,
+        "tr": args.tr,
+        "seed": args.seed,
+        "null": args.null,
+        "task": args.task,
+        "sessions": args.sessions,
+        "extra_categories": tuple(args.extra_categories),
+    }
+    if args.effect_size is not None:
+        options["effect_size"] = args.effect_size
+    path = simulate_dataset(args.output_dir, **options)
+    print(f"simulated dataset written to {path}")
+    return 0
+
+
+def glm(args: argparse.Namespace) -> int:
+    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    return run_glm_command(args)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``laion-fmri-glm demo [DIR]``."""
+    from laion_fmri_dataloader.demo import run_demo
+
+    return run_demo(args.directory, Scheduler.parse("local", workers=args.workers))
+
+
+def parse_condition_map(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Parse ``["face=adult,child", ...]`` into ``{"face": ("adult", "child")}``.
+
+    Examples
+    --------
+    >>> parse_condition_map(["face=adult,child", "scene=house"])
+    {'face': ('adult', 'child'), 'scene': ('house',)}
+    """
+    mapping: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        category, sep, trial_types = item.partition("=")
+        names = tuple(name.strip() for name in trial_types.split(",") if name.strip())
+        if not sep or not category.strip() or not names:
+            raise InvalidLabelError(
+                f"--condition {item!r} must look like CATEGORY=TYPE[,TYPE...], "
+                "e.g. face=adult,child"
+            )
+        mapping[category.strip()] = mapping.get(category.strip(), ()) + names
+    return mapping
+
+
+def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
+    """The first-level configuration of a ``laion-fmri-glm glm`` command line."""
+    from laion_fmri_dataloader.inputs.bids import DEFAULT_CONFOUNDS
+    from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
+    from laion_fmri_dataloader.stats.design import ModelSettings
+
+    extra = tuple(parse_contrast(text) for text in args.contrast)
+    clashes = [c.name for c in extra if c.name in STANDARD_CONTRASTS]
+    if clashes:
+        raise InvalidLabelError(
+            f"--contrast {clashes[0]} would replace a standard contrast; "
+            "choose another name"
+        )
+    if args.smoothing_fwhm is not None and args.smoothing_fwhm < 0:
+        raise InvalidParameterError(
+            f"--smoothing-fwhm must be >= 0 mm; got {args.smoothing_fwhm}"
+        )
+    return FirstLevelConfig(
+        bids_dir=Path(args.bids_dir),
+        output_dir=Path(args.output_dir),
+        task=args.task,
+        fmriprep_dir=Path(args.fmriprep_dir) if args.fmriprep_dir else None,
+        space=args.space,
+        desc=args.desc,
+        condition_map=parse_condition_map(args.condition),
+        extra_contrasts=extra,
+        confounds=tuple(args.confounds or DEFAULT_CONFOUNDS),
+        model=ModelSettings(smoothing_fwhm=args.smoothing_fwhm or None),
+        force=args.force,
+    )
+
+
+def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
+    """The one :class:`Scheduler` of a command line's ``--scheduler`` options."""
+    return Scheduler.parse(
+        args.scheduler,
+        workers=args.workers,
+        memory_per_worker=args.memory_per_worker,
+        slurm_queue=args.slurm_queue,
+        slurm_account=args.slurm_account,
+        slurm_walltime=args.slurm_walltime,
+        slurm_cores=args.slurm_cores,
+    )
+
+
+def run_glm_command(args: argparse.Namespace) -> int:
+    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    if is_remote(args.output_dir):
+        from laion_fmri_dataloader.io.remote import staged_output
+
+        # Write locally, upload once complete.  The group level reads the first
+        # level; a participant rerun needs the subjects' outputs that are there
+        # to skip the complete ones (unchanged files are not uploaded again).
+        if args.analysis_level == "group":
+            fetch = ("first_level",)
+        elif args.force:
+            fetch = ()
+        elif args.participant_label:
+            fetch = tuple(
+                str(layout.first_level_dir(label)) for label in args.participant_label
+            )
+        else:
+            fetch = ("first_level",)
+        with staged_output(args.output_dir, fetch=fetch) as stage:
+            return run_glm_command(
+                argparse.Namespace(**{**vars(args), "output_dir": stage})
+            )
+    from laion_fmri_dataloader.pipeline.group import GroupConfig
+    from laion_fmri_dataloader.pipeline.levels import (
+        run_group_level,
+        run_participants,
+        select_subjects,
+        summarise_participants,
+    )
+
+    scheduler = scheduler_from_args(args)
+    if args.analysis_level == "participant":
+        config = config_from_args(args)
+        subjects = select_subjects(config, args.participant_label)
+        return summarise_participants(run_participants(config, subjects, scheduler))
+    group = GroupConfig(
+        output_dir=Path(args.output_dir),
+        task=args.task,
+        subjects=tuple(subject_label(s) for s in args.participant_label or ()),
+        alpha=args.alpha,
+        n_perm=args.n_perm,
+        fwe=args.fwe,
+        one_sided=args.one_sided,
+        seed=args.seed,
+        smoothing_fwhm=args.smoothing_fwhm,
+        force=args.force,
+    )
+    run_group_level(group, scheduler)
+    if args.reports:
+        from laion_fmri_dataloader.report import write_reports
+
+        index = write_reports(Path(args.output_dir), task=args.task)[-1]
+        log.info("reports: %s", index)
+    return 0
