@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -72,6 +73,7 @@ from laion_fmri_dataloader.stats.engine import (
 __all__ = [
     "FirstLevelConfig",
     "SubjectResult",
+    "SubjectStatus",
     "masked_timeseries",
     "run_subject",
     "write_dataset_description",
@@ -146,6 +148,10 @@ class FirstLevelConfig:
         }
 
 
+#: What happened to a subject at the participant level.
+SubjectStatus = Literal["done", "skipped", "failed", "error"]
+
+
 @dataclass
 class SubjectResult:
     """What happened to one subject.
@@ -155,7 +161,7 @@ class SubjectResult:
     """
 
     subject: str
-    status: str
+    status: SubjectStatus
     n_runs: int = 0
     message: str = ""
     warnings: list[str] = field(default_factory=list)
