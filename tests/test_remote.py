@@ -1,29 +1,23 @@
 """Remote datasets: a real S3 server (moto) behind a counting, faulty proxy.
 
-Every request goes 127.0.0.1 -> proxy -> moto, both started here and stopped
-at the end of the module.  The proxy records each request (method, path,
-status, signed or not) and injects faults on demand: 503 answers, 403 and 404
-for one key, and a connection closed halfway through a body.
+Every request goes 127.0.0.1 -> proxy -> moto (see ``_s3``), both started for
+this module and stopped at its end.  The proxy records each request (method,
+path, status, signed or not) and injects faults on demand: 503 answers, 403
+and 404 for one key, and a connection closed halfway through a body.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
-import http.client
 import json
 import logging
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 import fsspec
-import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
-from _trees import write_derivative_tree
+from _s3 import BUCKET, GLM_URL, URL, running_s3, same_image
 from laion_fmri_dataloader import cli
 from laion_fmri_dataloader.dataset import LAIONfMRIDataset
 from laion_fmri_dataloader.errors import (
@@ -32,226 +26,19 @@ from laion_fmri_dataloader.errors import (
     NotFoundError,
     RemoteError,
 )
-from laion_fmri_dataloader.io.remote import (
-    CACHE_ENV,
-    RETRY_DELAY_ENV,
-    RemoteStore,
-    RetryPolicy,
-    _filesystem_options,
-    staged_output,
-    upload_tree,
-)
+from laion_fmri_dataloader.io.cache import CACHE_ENV
+from laion_fmri_dataloader.io.remote import RemoteStore, _filesystem_options
+from laion_fmri_dataloader.io.retry import RETRY_DELAY_ENV, RetryPolicy
+from laion_fmri_dataloader.io.upload import staged_output, upload_tree
 
 pytestmark = pytest.mark.timeout(60)
-
-BUCKET = "laion"
-URL = f"s3://{BUCKET}/fmri"
-GLM_URL = f"{URL}/derivatives/glm"
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
-
-
-@dataclass
-class Request:
-    """One request as the proxy saw it."""
-
-    method: str
-    path: str
-    status: int
-    signed: bool
-
-
-class FaultyProxy:
-    """A threaded HTTP proxy to moto that counts requests and injects faults.
-
-    Attributes set by tests (all reset by :meth:`reset`): ``fail_next`` (answer
-    that many next requests with 503), ``deny`` / ``missing`` (a substring of
-    the request path answered with 403 / 404), ``truncate`` (a substring
-    whose GET body is cut in half and the connection closed) and
-    ``truncate_times`` (how many times).
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.lock = threading.Lock()
-        self.requests: list[Request] = []
-        self.reset()
-        handler = functools.partial(_ProxyHandler, self)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
-        )
-        self.thread.start()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests.clear()
-            self.fail_next = 0
-            self.deny = self.missing = self.truncate = None
-            self.truncate_times = 1_000
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-    def fault(self, method: str, path: str) -> str | None:
-        with self.lock:
-            if self.fail_next > 0:
-                self.fail_next -= 1
-                return "unavailable"
-            if self.deny and self.deny in path:
-                return "denied"
-            if self.missing and self.missing in path:
-                return "missing"
-            if (
-                method == "GET"
-                and self.truncate
-                and self.truncate in path
-                and self.truncate_times > 0
-            ):
-                self.truncate_times -= 1
-                return "truncate"
-        return None
-
-    def record(self, request: Request) -> None:
-        with self.lock:
-            self.requests.append(request)
-
-    def matching(self, method: str, text: str) -> list[Request]:
-        with self.lock:
-            return [r for r in self.requests if r.method == method and text in r.path]
-
-
-_ERRORS = {
-    "unavailable": (503, "ServiceUnavailable", "injected fault"),
-    "denied": (403, "AccessDenied", "Access Denied"),
-    "missing": (404, "NoSuchKey", "The specified key does not exist."),
-}
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def __init__(self, proxy: FaultyProxy, *args) -> None:
-        self.proxy = proxy
-        super().__init__(*args)
-
-    def log_message(self, format, *args) -> None:
-        """Quiet: the tests read the recorded requests instead."""
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        fault = self.proxy.fault(self.command, self.path)
-        if fault in _ERRORS:
-            status, code, message = _ERRORS[fault]
-            payload = (
-                f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                f"<Message>{message}</Message><RequestId>proxy</RequestId></Error>"
-            ).encode()
-            headers = [("Content-Type", "application/xml")]
-        else:
-            upstream = http.client.HTTPConnection(
-                "127.0.0.1", self.proxy.upstream_port, timeout=20
-            )
-            try:
-                forwarded = {
-                    name: value
-                    for name, value in self.headers.items()
-                    if name.lower() not in _HOP_BY_HOP
-                }
-                forwarded["Content-Length"] = str(len(body))
-                upstream.request(self.command, self.path, body, forwarded)
-                response = upstream.getresponse()
-                status, payload = response.status, response.read()
-                headers = [
-                    (name, value)
-                    for name, value in response.getheaders()
-                    if name.lower() not in _HOP_BY_HOP
-                ]
-                length = response.getheader("Content-Length")
-            finally:
-                upstream.close()
-        self.proxy.record(
-            Request(self.command, self.path, status, "Authorization" in self.headers)
-        )
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        if self.command == "HEAD":
-            self.send_header("Content-Length", length if fault is None else "0")
-            self.end_headers()
-            return
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if fault == "truncate":
-            # The server goes away mid-body: half the bytes, then a closed socket.
-            self.wfile.write(payload[: len(payload) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(payload)
-
-    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
-
-
-@dataclass
-class S3:
-    """The tests' server: its proxy, the local copy of what the bucket holds,
-    and the cache folder named after its endpoint."""
-
-    proxy: FaultyProxy
-    tree: Path
-    endpoint_folder: str
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto behind the proxy, with a derivative tree uploaded by upload_tree."""
-    tree = write_derivative_tree(tmp_path_factory.mktemp("remote-tree"))
-    with pytest.MonkeyPatch.context() as env:
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
-        try:
-            proxy = FaultyProxy(moto.get_host_and_port()[1])
-            try:
-                for name, value in {
-                    "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_ENDPOINT_URL": proxy.url,
-                    # Fast backoff: the number of tries is the default one.
-                    RETRY_DELAY_ENV: "0.01",
-                }.items():
-                    env.setenv(name, value)
-                for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-                    env.delenv(name, raising=False)
-                env.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("upload-cache")))
-                connection = http.client.HTTPConnection(
-                    "127.0.0.1", moto.get_host_and_port()[1]
-                )
-                connection.request("PUT", f"/{BUCKET}")
-                assert connection.getresponse().status == 200
-                connection.close()
-                upload_tree(tree, URL)
-                endpoint_folder = proxy.url.removeprefix("http://").replace(":", "_")
-                yield S3(proxy, tree, endpoint_folder)
-            finally:
-                proxy.stop()
-        finally:
-            moto.stop()
+    with running_s3(tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture
@@ -263,11 +50,6 @@ def cache(s3, tmp_path, monkeypatch):
     return folder
 
 
-def _same_image(first, second) -> None:
-    np.testing.assert_array_equal(first.get_fdata(), second.get_fdata())
-    np.testing.assert_array_equal(first.affine, second.affine)
-
-
 def test_every_loader_method_matches_the_local_folder(s3, cache):
     remote = LAIONfMRIDataset(URL)
     local = LAIONfMRIDataset(s3.tree)
@@ -276,7 +58,7 @@ def test_every_loader_method_matches_the_local_folder(s3, cache):
     assert remote.contrasts() == local.contrasts()
     assert remote.contrasts("sub-02") == local.contrasts("sub-02")
     assert len(remote.contrasts()) == 6
-    _same_image(
+    same_image(
         remote.load_first_level_contrast(
             subject="sub-01", task="experiment", contrast="faceVsBaseline"
         ),
@@ -286,13 +68,13 @@ def test_every_loader_method_matches_the_local_folder(s3, cache):
     local_all = local.load_all_contrasts("sub-02", stat_type="effect")
     assert list(remote_all) == list(local_all) == remote.contrasts("sub-02")
     for name, image in remote_all.items():
-        _same_image(image, local_all[name])
+        same_image(image, local_all[name])
     for correction in (None, "fdr", "fwe"):
-        _same_image(
+        same_image(
             remote.load_group_level_contrast("faceVsScene", correction=correction),
             local.load_group_level_contrast("faceVsScene", correction=correction),
         )
-    _same_image(
+    same_image(
         remote.load_group_level_contrast("faceVsScene", stat_type="p"),
         local.load_group_level_contrast("faceVsScene", stat_type="p"),
     )
@@ -344,23 +126,19 @@ def test_a_second_load_is_served_from_the_cache(s3, cache):
     n_requests = len(s3.proxy.requests)
 
     second = dataset.load_group_level_contrast("faceVsObject", correction="fdr")
-    _same_image(first, second)
+    same_image(first, second)
     assert len(s3.proxy.requests) == n_requests
 
     # A new session lists folders again, but downloads nothing.
     fresh = LAIONfMRIDataset(URL)
-    _same_image(
-        fresh.load_group_level_contrast("faceVsObject", correction="fdr"), first
-    )
+    same_image(fresh.load_group_level_contrast("faceVsObject", correction="fdr"), first)
     later = s3.proxy.requests[n_requests:]
     assert later and all("list-type=2" in r.path for r in later)
 
     # A cached copy whose size disagrees with its record is downloaded again.
     path = fresh.get_path(None, contrast="faceVsObject", correction="fdr")
     path.write_bytes(path.read_bytes()[:100])
-    _same_image(
-        fresh.load_group_level_contrast("faceVsObject", correction="fdr"), first
-    )
+    same_image(fresh.load_group_level_contrast("faceVsObject", correction="fdr"), first)
     assert len(s3.proxy.matching("GET", name)) == 2
 
 
@@ -377,7 +155,7 @@ def test_503_answers_are_retried_then_the_map_loads(s3, cache):
     dataset = LAIONfMRIDataset(URL)
     image = dataset.load_first_level_contrast("sub-01", contrast="objectVsBaseline")
     local = LAIONfMRIDataset(s3.tree)
-    _same_image(
+    same_image(
         image,
         local.load_first_level_contrast("sub-01", "experiment", "objectVsBaseline"),
     )
@@ -401,12 +179,21 @@ def test_retry_policy_from_the_environment(monkeypatch):
     monkeypatch.setenv("LAION_FMRI_RETRIES", "2")
     monkeypatch.setenv(RETRY_DELAY_ENV, "0.5")
     assert RetryPolicy.from_env() == RetryPolicy(tries=2, base_delay=0.5)
-    assert [RetryPolicy(base_delay=1.0, max_delay=3.0).delay(i) for i in range(4)] == [
-        1.0,
-        2.0,
-        3.0,
-        3.0,
-    ]
+
+
+def test_retry_waits_are_jittered_below_the_exponential_bounds():
+    # The bounds are the fixed delays of the hand-written retries this replaced.
+    policy = RetryPolicy(base_delay=1.0, max_delay=3.0)
+    bounds = [policy.longest_wait(retry) for retry in range(4)]
+    assert bounds == [1.0, 2.0, 3.0, 3.0]
+    for retry, bound in enumerate(bounds):
+        state = SimpleNamespace(attempt_number=retry + 1)
+        waits = [policy.wait(state) for _ in range(2000)]
+        assert 0 <= min(waits) and max(waits) <= bound
+        # Full jitter: spread over the whole window, so that transfers that
+        # failed together do not retry together.
+        assert min(waits) < 0.05 * bound and max(waits) > 0.95 * bound
+        assert len(set(waits)) == len(waits)
 
 
 def test_a_missing_key_lists_the_folder_with_a_suggestion(s3, cache):
@@ -515,7 +302,7 @@ def test_a_connection_dropped_mid_download_is_retried(s3, cache):
     image = dataset.load_first_level_contrast(
         "sub-01", contrast="sceneVsBaseline", stat_type="t"
     )
-    _same_image(
+    same_image(
         image,
         LAIONfMRIDataset(s3.tree).load_first_level_contrast(
             "sub-01", "experiment", "sceneVsBaseline", "t"

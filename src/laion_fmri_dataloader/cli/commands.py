@@ -191,7 +191,7 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
 def run_glm_command(args: argparse.Namespace) -> int:
     """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
     if is_remote(args.output_dir):
-        from laion_fmri_dataloader.io.remote import staged_output
+        from laion_fmri_dataloader.io.upload import staged_output
 
         # Write locally, upload once complete.  The group level reads the first
         # level; a participant rerun needs the subjects' outputs that are there
