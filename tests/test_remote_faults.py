@@ -7,6 +7,7 @@ while a download is in flight (the proxy holds the body halfway).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -29,10 +30,10 @@ from _s3 import (
     same_image,
 )
 from laion_fmri_dataloader.dataset import LAIONfMRIDataset
-from laion_fmri_dataloader.errors import RemoteError
+from laion_fmri_dataloader.errors import CorruptFileError, RemoteError
 from laion_fmri_dataloader.io.cache import CACHE_ENV, _lock
 from laion_fmri_dataloader.io.remote import RemoteStore
-from laion_fmri_dataloader.io.upload import staged_output
+from laion_fmri_dataloader.io.upload import staged_output, upload_tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -265,3 +266,22 @@ def test_the_pipeline_never_lists_from_the_cache(s3, cache, monkeypatch):
         staged_output(GLM_URL, fetch=("first_level",)),
     ):
         pass
+
+
+def test_an_invalid_sidecar_raises_corrupt_file_error_naming_it(s3, cache, tmp_path):
+    local = tmp_path / "tree"
+    subject = local / "derivatives/glm/first_level/sub-01"
+    subject.mkdir(parents=True)
+    (subject / Z_MAP).write_bytes(
+        (s3.tree / "derivatives/glm/first_level/sub-01" / Z_MAP).read_bytes()
+    )
+    sidecar = subject / Z_MAP.replace(".nii.gz", ".json")
+    sidecar.write_text(json.dumps({"AnalysisLevel": "third", "StatType": "z"}))
+    upload_tree(local, f"s3://{BUCKET}/bad-sidecar")
+    url = f"s3://{BUCKET}/bad-sidecar/derivatives/glm/first_level/sub-01/{sidecar.name}"
+    with pytest.raises(
+        CorruptFileError,
+        match=rf"sidecar {url} is not valid \(AnalysisLevel: Input should be 'first' "
+        "or 'group'\\); restore it",
+    ):
+        LAIONfMRIDataset(f"s3://{BUCKET}/bad-sidecar").load_metadata("sub-01")

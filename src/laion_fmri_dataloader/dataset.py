@@ -22,10 +22,11 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 import nibabel as nib
+from pydantic import ValidationError
 
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.contrasts import order_contrast_names
-from laion_fmri_dataloader.errors import NotFoundError, did_you_mean
+from laion_fmri_dataloader.errors import CorruptFileError, NotFoundError, did_you_mean
 from laion_fmri_dataloader.io.files import load_image
 from laion_fmri_dataloader.io.storage import Store, open_store
 from laion_fmri_dataloader.sidecar import MapSidecar
@@ -36,6 +37,17 @@ __all__ = ["LAIONfMRIDataset"]
 def _is_map(entities: dict[str, str]) -> bool:
     """A map itself, not its sidecar or a table: what listings are made of."""
     return entities.get("suffix") == "map" and entities.get("extension") == ".nii.gz"
+
+
+def _first_problem(error: ValidationError) -> str:
+    """The first thing pydantic found wrong, in one line."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"])
+    text = f"{where}: {first['msg']}" if where else first["msg"]
+    if len(problems) > 1:
+        text += f"; and {len(problems) - 1} more"
+    return text
 
 
 class LAIONfMRIDataset:
@@ -376,7 +388,16 @@ class LAIONfMRIDataset:
         stat_type: str = "z",
         correction: str | None = None,
     ) -> MapSidecar:
-        """The sidecar of a map, as a :class:`~.sidecar.MapSidecar`."""
+        """The sidecar of a map, as a :class:`~.sidecar.MapSidecar`.
+
+        Raises
+        ------
+        NotFoundError
+            If the map or its sidecar does not exist.
+        CorruptFileError
+            If the sidecar is not valid JSON or not a map's sidecar; the
+            message names the file.
+        """
         relative = self._locate(subject, task, contrast, stat_type, correction)
         sidecar = layout.sidecar_of(relative)
         if not self._store.exists(sidecar):
@@ -384,8 +405,15 @@ class LAIONfMRIDataset:
                 f"map {self._store.describe(relative)} has no sidecar "
                 f"{self._store.describe(sidecar)}"
             )
-        text = self._store.local_path(sidecar).read_text(encoding="utf-8")
-        return MapSidecar.model_validate_json(text)
+        path = self._store.local_path(sidecar)
+        try:
+            return MapSidecar.model_validate_json(path.read_bytes())
+        except ValidationError as error:
+            raise CorruptFileError(
+                f"sidecar {self._store.describe(sidecar)} is not valid "
+                f"({_first_problem(error)}); restore it, or make it again with "
+                "`laion-fmri-glm glm ... --force`"
+            ) from None
 
     def load_design_matrix_image(self, subject: str, task: str = "experiment") -> Path:
         """Path of a subject's design-matrix figure (PNG, one panel per run)."""

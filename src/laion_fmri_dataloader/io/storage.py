@@ -1,8 +1,14 @@
-"""Where derivative files live: a local folder (or, later, an object store).
+"""Where derivative files live: a local folder or an object store.
 
 The loader asks a store three things: does a relative path exist, what names
 are in a folder, and a local file for a path (for a remote store, a verified
-copy in the cache).  Paths are relative POSIX paths built by :mod:`layout`.
+copy in the cache, see :mod:`.remote`).  Paths are relative POSIX paths built
+by :mod:`layout`.
+
+A local folder is read through symbolic links, files and folders alike, as
+DataLad and git-annex datasets are made of them; a link is listed under its
+own name, never its target's (an annexed file's target is named after its
+checksum).
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 from typing import Protocol
+
+from laion_fmri_dataloader.errors import NotFoundError
 
 __all__ = ["LocalStore", "Store", "is_remote", "open_store"]
 
@@ -29,13 +37,15 @@ class Store(Protocol):
 
 
 class LocalStore:
-    """Files in a local folder."""
+    """Files in a local folder (symbolic links followed)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
 
     def exists(self, relative: PurePosixPath) -> bool:
-        return (self.root / relative).exists()
+        # A dangling link counts: it is a file of the dataset whose content is
+        # elsewhere (git-annex), and local_path says how to get it.
+        return os.path.lexists(self.root / relative)
 
     def listdir(self, relative: PurePosixPath) -> list[str]:
         folder = self.root / relative
@@ -44,7 +54,15 @@ class LocalStore:
         return sorted(entry.name for entry in folder.iterdir())
 
     def local_path(self, relative: PurePosixPath) -> Path:
-        return self.root / relative
+        """The file's path; a dangling symbolic link raises NotFoundError."""
+        path = self.root / relative
+        if path.is_symlink() and not path.exists():
+            raise NotFoundError(
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not "
+                "exist: if this is a DataLad or git-annex dataset, get the "
+                f"file's content with `datalad get {path}` (or `git annex get`)"
+            )
+        return path
 
     def describe(self, relative: PurePosixPath | None = None) -> str:
         return str(self.root if relative is None else self.root / relative)
