@@ -8,7 +8,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from nilearn.glm.contrasts import compute_contrast, compute_fixed_effects
+from nilearn.glm.contrasts import (
+    Contrast,
+    compute_contrast,
+    compute_fixed_effect_contrast,
+    compute_fixed_effects,
+)
 from nilearn.glm.first_level import (
     FirstLevelModel,
     make_first_level_design_matrix,
@@ -23,6 +28,7 @@ from laion_fmri_dataloader.stats.engine import (
     ContrastResult,
     _log_t_tail,
     ar1_coefficients,
+    combine_runs,
     fit_ar1_contrasts,
     fixed_effects,
     mean_scale,
@@ -221,6 +227,72 @@ def test_fixed_effects_match_nilearn():
             ours, reference.get_fdata().ravel(), rtol=1e-5, atol=1e-6
         )
     assert not combined.degenerate.any()
+
+
+def test_mean_combination_is_nilearns_first_level_model():
+    """Equal weights as FirstLevelModel.compute_contrast: nilearn's own summation."""
+    runs, labels, results, vectors = [], [], [], []
+    for seed in range(3):
+        design = _design(seed=30 + seed)
+        data = _data(design, seed=40 + seed, n_voxels=300)
+        vector = _contrasts(design)["faceVsScene"]
+        runs.append(fit_ar1_contrasts(data, design.to_numpy(), {"c": vector})["c"])
+        label, result = run_glm(
+            mean_scaling(data)[0], design.to_numpy(), noise_model="ar1"
+        )
+        labels.append(label)
+        results.append(result)
+        vectors.append(vector)
+    reference = compute_fixed_effect_contrast(labels, results, vectors)
+    combined = combine_runs(runs, "mean")
+    assert combined.dof == reference.dof == sum(r.dof for r in runs)
+    np.testing.assert_allclose(combined.effect, reference.effect, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        combined.variance, reference.variance, rtol=1e-4, atol=1e-9
+    )
+    np.testing.assert_allclose(combined.t, reference.stat(), rtol=1e-4, atol=1e-4)
+    assert np.max(np.abs(combined.z - reference.z_score())) < 1e-3
+    # the facts this rests on: mean of effects, sum of variances / n^2
+    np.testing.assert_allclose(
+        combined.effect, np.mean([r.effect for r in runs], axis=0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        combined.variance, np.sum([r.variance for r in runs], axis=0) / 9, rtol=1e-6
+    )
+    added = Contrast(np.ones(2), np.ones(2), dof=10) + Contrast(
+        np.full(2, 3.0), np.full(2, 2.0), dof=20
+    )
+    halved = added * 0.5
+    assert (halved.effect.tolist(), halved.variance.tolist(), halved.dof) == (
+        [2.0, 2.0],
+        [0.75, 0.75],
+        30.0,
+    )
+
+
+def test_mean_combination_leaves_out_what_cannot_be_averaged():
+    def result(effect, variance, degenerate, dof=100.0):
+        effect, variance = np.array(effect), np.array(variance)
+        t = np.where(degenerate, 0.0, effect / np.sqrt(variance))
+        return ContrastResult(
+            effect, variance, t, t_to_z(t, dof), dof, np.array(degenerate)
+        )
+
+    runs = [
+        result([1.0, 5.0, 0.0], [1.0, 1.0, np.inf], [False, False, True]),
+        result([3.0, 1.0, 2.0], [2.0, 3.0, 4.0], [False, False, False]),
+        # a run in which the contrast cannot be estimated at all is left out
+        result([0.0, 0.0, 0.0], [np.inf] * 3, [True, True, True], dof=50.0),
+    ]
+    combined = combine_runs(runs, "mean")
+    np.testing.assert_allclose(combined.effect, [2.0, 3.0, 0.0])
+    np.testing.assert_allclose(combined.variance, [0.75, 1.0, np.inf])
+    np.testing.assert_array_equal(combined.degenerate, [False, False, True])
+    assert combined.dof == 200
+    precision = combine_runs(runs, "precision")
+    assert precision.effect[0] == pytest.approx((1 / 1 + 3 / 2) / (1 + 1 / 2))
+    with pytest.raises(InvalidParameterError, match=r"one of \['mean', 'precision'\]"):
+        combine_runs(runs, "median")
 
 
 def test_fixed_effects_skip_degenerate_runs():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.linalg
@@ -38,8 +39,11 @@ from laion_fmri_dataloader._system import map_threads, usable_cpus
 from laion_fmri_dataloader.errors import InvalidParameterError
 
 __all__ = [
+    "RUN_COMBINATIONS",
     "ContrastResult",
+    "RunCombination",
     "ar1_coefficients",
+    "combine_runs",
     "fit_ar1_contrasts",
     "fixed_effects",
     "mean_scale",
@@ -62,6 +66,12 @@ _PERFECT_FIT = 1e-10
 _MIN_DIRECT_SF = 1e-260
 
 _DEFAULT_CHUNK = 1024
+
+#: How a subject's runs combine: ``mean`` weighs every run equally, as
+#: nilearn's ``FirstLevelModel`` does with several runs; ``precision`` weighs
+#: each run by the inverse of its variance (FSL-style fixed effects).
+RunCombination = Literal["mean", "precision"]
+RUN_COMBINATIONS: tuple[RunCombination, ...] = ("mean", "precision")
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,6 +272,69 @@ def fit_ar1_contrasts(
     return dict(zip(contrasts, results, strict=True))
 
 
+def combine_runs(
+    results: Sequence[ContrastResult], combination: RunCombination = "mean"
+) -> ContrastResult:
+    """Combine the runs of one contrast.
+
+    ``"mean"`` is what ``nilearn.glm.first_level.FirstLevelModel`` computes
+    for several runs (``compute_contrast`` calls
+    ``compute_fixed_effect_contrast``, which adds the runs' ``Contrast``
+    objects and multiplies the sum by ``1 / n``): the effect is the mean of
+    the runs' effects, the variance the sum of their variances divided by
+    ``n ** 2``, the degrees of freedom the sum of theirs, and t the effect
+    over the square root of the variance (floored at 1e-50).  nilearn leaves
+    out a run whose contrast vector is null; here a run in which the contrast
+    cannot be estimated at all (every voxel degenerate) is left out, and
+    ``n`` counts the runs kept.  A voxel degenerate in any run kept is
+    degenerate: an equal-weight mean over fewer runs would give that voxel
+    other runs and degrees of freedom than its neighbours.
+
+    ``"precision"`` is :func:`fixed_effects`.
+
+    Parameters
+    ----------
+    results : sequence of ContrastResult
+        The same contrast in each run, over the same voxels.
+    combination : {'mean', 'precision'}, default='mean'
+        Equal weights (nilearn's ``FirstLevelModel``) or inverse-variance
+        weights.
+
+    Returns
+    -------
+    combined : ContrastResult
+        The subject's statistics, in the dtype of the first run's effect.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``results`` is empty, the runs have different numbers of voxels,
+        or ``combination`` is not one of :data:`RUN_COMBINATIONS`.
+    """
+    if combination not in RUN_COMBINATIONS:
+        raise InvalidParameterError(
+            f"combination must be one of {list(RUN_COMBINATIONS)}; got {combination!r}"
+        )
+    _check_runs(results)
+    if combination == "precision":
+        return fixed_effects(results)
+    dtype = results[0].effect.dtype.type
+    kept = [result for result in results if not result.degenerate.all()]
+    if not kept:
+        return results[0]
+    n_runs = len(kept)
+    degenerate = np.logical_or.reduce([result.degenerate for result in kept])
+    effect = np.zeros(results[0].effect.shape)
+    variance = np.zeros(results[0].effect.shape)
+    for result in kept:
+        effect += np.where(degenerate, 0.0, result.effect.astype(np.float64))
+        variance += np.where(degenerate, 0.0, result.variance.astype(np.float64))
+    dof = float(sum(result.dof for result in kept))
+    return _contrast_result(
+        effect / n_runs, variance / n_runs**2, dof, degenerate, dtype
+    )
+
+
 def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
     """Combine runs of one contrast by inverse-variance weighting.
 
@@ -287,13 +360,7 @@ def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
     InvalidParameterError
         If ``results`` is empty or the runs have different numbers of voxels.
     """
-    if len(results) == 0:
-        raise InvalidParameterError("fixed_effects needs at least one run; got none")
-    n_voxels = {result.effect.shape for result in results}
-    if len(n_voxels) != 1:
-        raise InvalidParameterError(
-            f"all runs must have the same voxels; got shapes {sorted(n_voxels)}"
-        )
+    _check_runs(results)
     precision_sum = np.zeros(results[0].effect.shape)
     weighted_effect = np.zeros(results[0].effect.shape)
     for result in results:
@@ -314,6 +381,16 @@ def fixed_effects(results: Sequence[ContrastResult]) -> ContrastResult:
     return _contrast_result(
         effect, variance, dof, degenerate, results[0].effect.dtype.type
     )
+
+
+def _check_runs(results: Sequence[ContrastResult]) -> None:
+    if len(results) == 0:
+        raise InvalidParameterError("combining runs needs at least one run; got none")
+    n_voxels = {result.effect.shape for result in results}
+    if len(n_voxels) != 1:
+        raise InvalidParameterError(
+            f"all runs must have the same voxels; got shapes {sorted(n_voxels)}"
+        )
 
 
 def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
