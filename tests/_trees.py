@@ -12,7 +12,8 @@ from laion_fmri_dataloader.sidecar import (
     CorrectionInfo,
     MapSidecar,
     contrast_info,
-    software_versions,
+    dependency_versions,
+    software,
 )
 
 SHAPE = (9, 11, 9)
@@ -35,12 +36,13 @@ def write_derivative_tree(
         for name, contrast in STANDARD_CONTRASTS.items():
             for stat in layout.FIRST_LEVEL_STAT_TYPES:
                 sidecar = MapSidecar(
-                    AnalysisLevel="first",
+                    AnalysisLevel="first_level",
                     StatType=stat,
                     Subject=f"sub-{subject}",
                     Task=task,
                     Contrasts={name: contrast_info(contrast, list(CONDITIONS))},
-                    Software=software_versions(),
+                    Software=software(),
+                    Dependencies=dependency_versions(),
                     DegreesOfFreedom=280.0,
                 )
                 _write_map(
@@ -55,10 +57,11 @@ def write_derivative_tree(
         for name, contrast in STANDARD_CONTRASTS.items():
             z_map = rng.normal(size=SHAPE) * 2
             base = MapSidecar(
-                AnalysisLevel="group",
+                AnalysisLevel="group_level",
                 Subjects=[f"sub-{s}" for s in subjects],
                 Contrasts={name: contrast_info(contrast, list(CONDITIONS))},
-                Software=software_versions(),
+                Software=software(),
+                Dependencies=dependency_versions(),
                 DegreesOfFreedom=len(subjects) - 1,
             )
             for stat in layout.GROUP_STAT_TYPES:
@@ -70,7 +73,10 @@ def write_derivative_tree(
                     update={
                         "StatType": "z",
                         "Correction": CorrectionInfo(
-                            Method=correction, Alpha=0.05, ZThreshold=3.0
+                            Method=correction,
+                            Alpha=0.05,
+                            ZThreshold=3.0,
+                            SmallestSurvivingZ=3.0,
                         ),
                     }
                 )

@@ -116,7 +116,7 @@ def test_metadata_and_paths(derivative_tree):
     assert metadata.Contrasts["faceVsBaseline"].Weights == [1, 0, 0, -1]
     assert metadata.Model.NoiseModel == "ar1"
     group = dataset.load_metadata(contrast="faceVsScene", correction="fwe")
-    assert group.AnalysisLevel == "group"
+    assert group.AnalysisLevel == "group_level"
     assert group.Correction.Method == "fwe"
     path = dataset.get_path("sub-02", contrast="sceneVsObject", stat_type="effect")
     assert (

@@ -6,7 +6,7 @@
 
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS
-from laion_fmri_dataloader.dataset import LAIONfMRIDataset
+from laion_fmri_dataloader.dataset import PYBIDS_CONFIG, LAIONfMRIDataset, pybids_layout
 from laion_fmri_dataloader.errors import (
     CorruptFileError,
     InputError,
@@ -16,6 +16,7 @@ from laion_fmri_dataloader.errors import (
 )
 
 __all__ = [
+    "PYBIDS_CONFIG",
     "STANDARD_CONTRASTS",
     "CorruptFileError",
     "InputError",
@@ -24,4 +25,5 @@ __all__ = [
     "LaionFmriError",
     "NotFoundError",
     "__version__",
+    "pybids_layout",
 ]

@@ -16,8 +16,10 @@ Load a subject's z map and plot it::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
@@ -28,10 +30,59 @@ from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import CorruptFileError, NotFoundError, did_you_mean
 from laion_fmri_dataloader.io.files import load_image
-from laion_fmri_dataloader.io.storage import Store, open_store
-from laion_fmri_dataloader.sidecar import MapSidecar
+from laion_fmri_dataloader.io.storage import LocalStore, Store, open_store
+from laion_fmri_dataloader.sidecar import (
+    DatasetDescription,
+    MapSidecar,
+    changed_inputs,
+)
 
-__all__ = ["LAIONfMRIDataset"]
+__all__ = ["PYBIDS_CONFIG", "FirstLevelState", "LAIONfMRIDataset", "pybids_layout"]
+
+#: pybids configuration of our entities (``contrast``, ``stat``, ``correction``,
+#: ``level``), for ``BIDSLayout(path, config=["bids", "derivatives",
+#: PYBIDS_CONFIG], validate=False)``.
+PYBIDS_CONFIG = str(Path(__file__).parent / "data" / "pybids_config.json")
+
+
+@dataclass(frozen=True)
+class FirstLevelState:
+    """What a subject's first level holds and whether it is up to date.
+
+    Attributes
+    ----------
+    subject, task : str
+        ``sub-<label>`` and the task label.
+    sidecar : MapSidecar or None
+        The sidecar of one of its maps (model, confounds, runs, parameters);
+        None if no map has one.
+    missing : list of str
+        Maps of its contrasts that are not there (``faceVsScene stat-t``).
+    changed_inputs : list of str
+        Input files whose size or modification time changed since the maps
+        were made (paths as the sidecar records them).
+    missing_inputs : list of str
+        Recorded inputs not found (moved, deleted, or the raw dataset is not
+        where ``dataset_description.json`` says); they cannot be checked.
+    """
+
+    subject: str
+    task: str
+    sidecar: MapSidecar | None
+    missing: list[str] = field(default_factory=list)
+    changed_inputs: list[str] = field(default_factory=list)
+    missing_inputs: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``incomplete``, ``out of date``, ``unchecked`` (no sidecar) or ``ok``."""
+        if self.missing:
+            return "incomplete"
+        if self.changed_inputs:
+            return "out of date"
+        if self.sidecar is None:
+            return "unchecked"
+        return "ok"
 
 
 def _is_map(entities: dict[str, str]) -> bool:
@@ -390,6 +441,10 @@ class LAIONfMRIDataset:
     ) -> MapSidecar:
         """The sidecar of a map, as a :class:`~.sidecar.MapSidecar`.
 
+        The documented keys come first (``AnalysisLevel``, ``Model``,
+        ``Contrasts``, ``Software``, ``Confounds``), ours after them; sidecars
+        of earlier versions are returned in this shape.
+
         Raises
         ------
         NotFoundError
@@ -405,12 +460,72 @@ class LAIONfMRIDataset:
                 f"map {self._store.describe(relative)} has no sidecar "
                 f"{self._store.describe(sidecar)}"
             )
-        path = self._store.local_path(sidecar)
+        return self._read_sidecar(sidecar)
+
+    @cached_property
+    def source_dir(self) -> Path | None:
+        """The raw BIDS dataset of a local dataset, or None if not known.
+
+        The source named by ``dataset_description.json`` (a path relative to
+        the GLM folder), else the folder that holds ``derivatives/glm``.
+        """
+        if not isinstance(self._store, LocalStore):
+            return None
+        root = self._store.root
+        try:
+            description = DatasetDescription.model_validate_json(
+                (root / "dataset_description.json").read_text(encoding="utf-8")
+            )
+            source = description.local_source(root)
+        except (OSError, ValueError):
+            source = None
+        if source is None and root.parts[-2:] == layout.DERIVATIVE_SUBDIR.parts:
+            source = root.parent.parent
+        return source if source is not None and source.is_dir() else None
+
+    def first_level_state(
+        self, subject: str, task: str = "experiment"
+    ) -> FirstLevelState:
+        """A subject's first level: its parameters, what is missing, what changed.
+
+        Inputs are checked (size and modification time against the sidecar's
+        ``InputFiles``) for a local dataset whose raw dataset is found
+        (:attr:`source_dir`).
+        """
+        label = self._subject(subject)
+        contrasts = self.contrasts(subject, task)
+        missing = [
+            f"{contrast} stat-{stat}"
+            for contrast in contrasts
+            for stat in layout.FIRST_LEVEL_STAT_TYPES
+            if not self.has_map(label, task, contrast, stat)
+        ]
+        sidecar = None
+        for contrast in contrasts:
+            for stat in layout.FIRST_LEVEL_STAT_TYPES:
+                relative = layout.sidecar_of(
+                    layout.first_level_map(label, task, contrast, stat)
+                )
+                if self._store.exists(relative):
+                    sidecar = self._read_sidecar(relative)
+                    break
+            if sidecar is not None:
+                break
+        changed: list[str] = []
+        not_found: list[str] = []
+        if sidecar is not None and self.source_dir is not None:
+            changed, not_found = changed_inputs(sidecar.InputFiles, self.source_dir)
+        return FirstLevelState(
+            f"sub-{label}", task, sidecar, missing, changed, not_found
+        )
+
+    def _read_sidecar(self, relative: PurePosixPath) -> MapSidecar:
+        path = self._store.local_path(relative)
         try:
             return MapSidecar.model_validate_json(path.read_bytes())
         except ValidationError as error:
             raise CorruptFileError(
-                f"sidecar {self._store.describe(sidecar)} is not valid "
+                f"sidecar {self._store.describe(relative)} is not valid "
                 f"({_first_problem(error)}); restore it, or make it again with "
                 "`laion-fmri-glm glm ... --force`"
             ) from None
@@ -423,3 +538,66 @@ class LAIONfMRIDataset:
             f"no design-matrix figure for sub-{label} task-{task}; tasks: "
             + (", ".join(self.tasks(subject)) or "none"),
         )
+
+
+def pybids_layout(path: str | os.PathLike, **options):
+    """A pybids ``BIDSLayout`` of GLM derivatives, our sidecars attached.
+
+    ``BIDSLayout(path, config=["bids", "derivatives", PYBIDS_CONFIG],
+    validate=False)`` finds our maps by ``subject``, ``task``, ``contrast``,
+    ``stat``, ``correction`` and ``level`` (``first`` or ``group``), e.g.
+    ``layout.get(contrast="faceVsScene", stat="z")``.  pybids attaches a JSON
+    sidecar to a file by the BIDS suffix of both names, which the documented
+    names (``..._stat-z.nii.gz``, ``..._fdr-corrected.nii.gz``) do not have;
+    so this also gives each map its own sidecar, where ``get_metadata`` finds
+    it.  Masks carry a suffix (``_mask``) and get theirs from pybids itself.
+
+    Parameters
+    ----------
+    path : path-like
+        The GLM derivative folder (``<data_dir>/derivatives/glm``).
+    **options
+        Further arguments of ``BIDSLayout``.
+
+    Returns
+    -------
+    bids.BIDSLayout
+
+    Raises
+    ------
+    ImportError
+        If pybids is not installed (``pip install pybids``).
+    """
+    from bids import BIDSLayout
+
+    # pybids' own way of storing a sidecar's keys (bids.layout.index); pybids
+    # has no public call for it.
+    from bids.layout.models import Entity, Tag, _create_tag_dict
+
+    options.setdefault("validate", False)
+    bids_layout = BIDSLayout(
+        path, config=["bids", "derivatives", PYBIDS_CONFIG], **options
+    )
+    session = bids_layout.session
+    entities = {entity.name: entity for entity in session.query(Entity)}
+    rows = []
+    for bids_file in bids_layout.get(extension=".nii.gz"):
+        if not layout.parse_name(bids_file.filename) or bids_file.get_metadata():
+            continue
+        sidecar = Path(bids_file.path).with_name(
+            layout.sidecar_of(PurePosixPath(bids_file.filename)).name
+        )
+        if not sidecar.is_file():
+            continue
+        for key, value in json.loads(sidecar.read_text(encoding="utf-8")).items():
+            if value is None:
+                continue
+            if key not in entities:
+                entities[key] = Entity(key)
+                session.add(entities[key])
+            rows.append(
+                _create_tag_dict(bids_file, entities[key], value, is_metadata=True)
+            )
+    session.bulk_insert_mappings(Tag, rows)
+    session.commit()
+    return bids_layout

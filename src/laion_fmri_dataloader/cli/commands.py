@@ -39,7 +39,11 @@ log = logging.getLogger("laion_fmri")
 def info(args: argparse.Namespace) -> int:
     """``laion-fmri-glm info DATA_DIR``."""
     from laion_fmri_dataloader.dataset import LAIONfMRIDataset
-    from laion_fmri_dataloader.layout import FIRST_LEVEL_STAT_TYPES, GROUP_STAT_TYPES
+    from laion_fmri_dataloader.layout import GROUP_STAT_TYPES
+    from laion_fmri_dataloader.sidecar import (
+        first_level_signature,
+        signature_difference,
+    )
 
     dataset = LAIONfMRIDataset(args.data_dir)
     print(f"GLM derivatives in {dataset.root}")
@@ -48,6 +52,7 @@ def info(args: argparse.Namespace) -> int:
     )
     print(f"tasks: {', '.join(dataset.tasks()) or 'none'}")
     missing = []
+    signatures: dict[str, dict[str, dict[str, str]]] = {}
     for subject in dataset.subjects:
         for task in dataset.tasks(subject):
             contrasts = dataset.contrasts(subject, task)
@@ -56,12 +61,29 @@ def info(args: argparse.Namespace) -> int:
                 f"  {subject} task-{task}: {len(contrasts)} contrasts "
                 f"({', '.join(contrasts)}); stat types: {', '.join(stats)}"
             )
-            missing += [
-                f"{subject} task-{task} {contrast} stat-{stat}"
-                for contrast in contrasts
-                for stat in FIRST_LEVEL_STAT_TYPES
-                if not dataset.has_map(subject, task, contrast, stat)
-            ]
+            state = dataset.first_level_state(subject, task)
+            if state.sidecar is not None:
+                print(f"    {_parameters_line(state.sidecar)}")
+                signatures.setdefault(task, {})[subject] = first_level_signature(
+                    [state.sidecar]
+                )
+            print(f"    state: {_state_line(state)}")
+            missing += [f"{subject} task-{task} {item}" for item in state.missing]
+    for task, by_subject in signatures.items():
+        difference = signature_difference(by_subject)
+        if difference is not None:
+            key, groups = difference
+            print(
+                f"parameters differ between subjects (task-{task}) on {key}: "
+                + "; ".join(f"{', '.join(s)}: {v}" for v, s in groups.items())
+            )
+    for task in dataset.tasks():
+        without = _subjects_without_maps(dataset, task)
+        if without:
+            print(
+                f"no first-level task-{task} maps (participant level failed or not "
+                f"run) but preprocessed BOLD: {', '.join(without)}"
+            )
     group_contrasts = dataset.contrasts() if dataset.stat_types() else []
     print(
         f"group level: {len(group_contrasts)} contrasts ({', '.join(group_contrasts)})"
@@ -85,6 +107,55 @@ def info(args: argparse.Namespace) -> int:
     for item in missing:
         print(f"  {item}")
     return 0
+
+
+def _parameters_line(sidecar) -> str:
+    """A subject's first-level parameters in one line of ``info``."""
+    model = sidecar.Model
+    smoothing = f"{model.SmoothingFWHM:g} mm" if model.SmoothingFWHM else "none"
+    version = sidecar.Software.Version if sidecar.Software else "unknown"
+    return (
+        f"{model.HRF} HRF, {model.DriftModel} drift, high-pass "
+        f"{model.HighPassFilter:g} Hz, {model.NoiseModel} noise; smoothing "
+        f"{smoothing}; {len(sidecar.Runs)} run{'' if len(sidecar.Runs) == 1 else 's'}"
+        f" combined by {model.RunCombination or 'unknown'}; "
+        f"{len(sidecar.Confounds)} confounds; version {version}"
+    )
+
+
+def _state_line(state) -> str:
+    """Whether a subject's first level is complete and up to date, in words."""
+    if state.missing:
+        return f"incomplete ({len(state.missing)} maps missing)"
+    if state.changed_inputs:
+        more = len(state.changed_inputs) - 1
+        return (
+            f"out of date: {state.changed_inputs[0]}"
+            + (f" and {more} more" if more else "")
+            + " changed after the maps were made; rerun its participant level"
+        )
+    if state.sidecar is None:
+        return "unchecked (no sidecars)"
+    if state.missing_inputs:
+        return f"complete; {len(state.missing_inputs)} recorded inputs not found"
+    return "complete and up to date"
+
+
+def _subjects_without_maps(dataset, task: str) -> list[str]:
+    """Subjects with fMRIPrep BOLD of ``task`` beside the dataset but no maps."""
+    from laion_fmri_dataloader.inputs.bids import find_subjects
+
+    if dataset.source_dir is None:
+        return []
+    fmriprep = dataset.source_dir / "derivatives" / "fmriprep"
+    if not fmriprep.is_dir():
+        return []
+    have = {subject for subject in dataset.subjects if task in dataset.tasks(subject)}
+    return [
+        f"sub-{label}"
+        for label in find_subjects(fmriprep, task)
+        if f"sub-{label}" not in have
+    ]
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -156,10 +227,7 @@ def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
             f"--contrast {clashes[0]} would replace a standard contrast; "
             "choose another name"
         )
-    if args.smoothing_fwhm is not None and args.smoothing_fwhm < 0:
-        raise InvalidParameterError(
-            f"--smoothing-fwhm must be >= 0 mm; got {args.smoothing_fwhm}"
-        )
+    _check_fwhm(args.smoothing_fwhm, "--smoothing-fwhm")
     return FirstLevelConfig(
         bids_dir=Path(args.bids_dir),
         output_dir=Path(args.output_dir),
@@ -171,8 +239,17 @@ def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
         extra_contrasts=extra,
         confounds=tuple(args.confounds or DEFAULT_CONFOUNDS),
         model=ModelSettings(smoothing_fwhm=args.smoothing_fwhm or None),
+        run_combination=args.run_combination,
         force=args.force,
+        # A remote OUTPUT_DIR is written in a local stage: a path relative to
+        # the stage would name a folder that does not exist there.
+        source_dataset="" if getattr(args, "output_url", None) else None,
     )
+
+
+def _check_fwhm(value: float | None, option: str) -> None:
+    if value is not None and value < 0:
+        raise InvalidParameterError(f"{option} must be >= 0 mm; got {value}")
 
 
 def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
@@ -208,7 +285,9 @@ def run_glm_command(args: argparse.Namespace) -> int:
             fetch = ("first_level",)
         with staged_output(args.output_dir, fetch=fetch) as stage:
             return run_glm_command(
-                argparse.Namespace(**{**vars(args), "output_dir": stage})
+                argparse.Namespace(
+                    **{**vars(args), "output_dir": stage, "output_url": args.output_dir}
+                )
             )
     from laion_fmri_dataloader.pipeline.group import GroupConfig
     from laion_fmri_dataloader.pipeline.levels import (
@@ -223,6 +302,13 @@ def run_glm_command(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         subjects = select_subjects(config, args.participant_label)
         return summarise_participants(run_participants(config, subjects, scheduler))
+    _check_fwhm(args.group_smoothing_fwhm, "--group-smoothing-fwhm")
+    if args.smoothing_fwhm:
+        log.info(
+            "group level: --smoothing-fwhm is the participant level's smoothing of "
+            "the BOLD and is not applied again; --group-smoothing-fwhm smooths the "
+            "effect maps"
+        )
     group = GroupConfig(
         output_dir=Path(args.output_dir),
         task=args.task,
@@ -232,8 +318,10 @@ def run_glm_command(args: argparse.Namespace) -> int:
         fwe=args.fwe,
         one_sided=args.one_sided,
         seed=args.seed,
-        smoothing_fwhm=args.smoothing_fwhm,
+        smoothing_fwhm=args.group_smoothing_fwhm or None,
         force=args.force,
+        bids_dir=Path(args.bids_dir),
+        fmriprep_dir=Path(args.fmriprep_dir) if args.fmriprep_dir else None,
     )
     run_group_level(group, scheduler)
     if args.reports:

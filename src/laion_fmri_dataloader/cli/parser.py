@@ -70,7 +70,15 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="MM",
-        help="Gaussian smoothing, mm: of the BOLD (participant), of effects (group)",
+        help="Gaussian smoothing of the BOLD series, mm (participant level)",
+    )
+    parser.add_argument(
+        "--run-combination",
+        choices=["mean", "precision"],
+        default="mean",
+        help="how a subject's runs combine (participant level): 'mean' (default) "
+        "weighs them equally, as nilearn's FirstLevelModel; 'precision' by "
+        "inverse variance (FSL-style fixed effects)",
     )
     parser.add_argument(
         "--force", action="store_true", help="redo outputs that are complete"
@@ -88,6 +96,14 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--one-sided", action="store_true", help="test effect > 0 only")
     group.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    group.add_argument(
+        "--group-smoothing-fwhm",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="Gaussian smoothing of the subjects' effect maps before the group "
+        "test, mm (on top of any --smoothing-fwhm of the participant level)",
+    )
     group.add_argument(
         "--no-reports",
         dest="reports",

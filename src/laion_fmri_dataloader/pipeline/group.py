@@ -9,6 +9,15 @@ survive), a cluster table beside each corrected map, and sidecars.
 FWE: sign-flip permutation of the max |t| when the subjects are enough for it to
 reach alpha (``--fwe auto``), otherwise Bonferroni, which the sidecar and the
 log state.  Everything is read and checked before anything is written.
+
+The group never mixes first levels: the subjects' sidecars must agree on the
+model, smoothing, run combination, space, confounds and contrast weights, or
+the group level stops naming the subjects that differ (there is no telling
+which side was meant).  A subject that cannot be used on its own account, one
+whose input files changed since its maps were made or one with preprocessed
+BOLD but no maps (its participant level failed or has not run), is left out
+with a warning naming it, and the group sidecars list it under
+``ExcludedSubjects``; named with ``--participant-label``, it is an error.
 """
 
 from __future__ import annotations
@@ -21,11 +30,13 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
+from scipy import special
 
 from laion_fmri_dataloader import layout, provenance
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
+from laion_fmri_dataloader.inputs.bids import find_subjects
 from laion_fmri_dataloader.io.files import (
     load_image,
     save_image,
@@ -36,10 +47,16 @@ from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
     ContrastInfo,
     CorrectionInfo,
+    DatasetDescription,
     MapSidecar,
     ModelInfo,
-    software_versions,
+    changed_inputs,
+    dependency_versions,
+    first_level_signature,
+    signature_difference,
+    software,
 )
+from laion_fmri_dataloader.stats.engine import t_to_z
 from laion_fmri_dataloader.stats.inference import (
     PermutationResult,
     bonferroni_mask,
@@ -66,6 +83,10 @@ log = logging.getLogger("laion_fmri")
 
 #: Fewer subjects than this give no usable estimate of between-subject variance.
 MIN_SUBJECTS = 3
+
+#: A subject whose mask leaves out more than this share of the voxels that the
+#: other subjects' masks share is named in the log.
+MASK_LOSS_WARNING = 0.05
 
 #: ``--fwe``: ``auto`` is a permutation when it can reach alpha, else Bonferroni.
 FweMethod = Literal["auto", "permutation", "bonferroni"]
@@ -99,9 +120,17 @@ class GroupConfig:
     seed : int
         Seed of the permutations.
     smoothing_fwhm : float or None
-        Gaussian smoothing of the effect maps before the test, mm.
+        Gaussian smoothing of the effect maps before the test, mm
+        (``--group-smoothing-fwhm``; the first level's own smoothing is in its
+        sidecars).
     force : bool
         Redo contrasts whose outputs are complete.
+    bids_dir : Path or None
+        The raw dataset, where the first-level inputs are checked for changes;
+        None: the source dataset of ``dataset_description.json``.
+    fmriprep_dir : Path or None
+        Where subjects with preprocessed BOLD but no maps are looked for;
+        None: ``bids_dir/derivatives/fmriprep``.
     """
 
     output_dir: Path
@@ -114,10 +143,12 @@ class GroupConfig:
     seed: int = 0
     smoothing_fwhm: float | None = None
     force: bool = False
+    bids_dir: Path | None = None
+    fmriprep_dir: Path | None = None
 
     def parameters(self) -> dict[str, object]:
         values = asdict(self)
-        for key in ("output_dir", "force"):
+        for key in ("output_dir", "force", "bids_dir", "fmriprep_dir"):
             values.pop(key)
         return {**values, "version": __version__}
 
@@ -135,6 +166,7 @@ class GroupInputs:
     files: list[Path]
     contrast_info: dict[str, ContrastInfo]
     first_level_model: ModelInfo
+    excluded: dict[str, str]
 
 
 def _subjects_with_maps(root: Path, task: str) -> list[str]:
@@ -157,15 +189,22 @@ def _contrasts_of(root: Path, subject: str, task: str) -> set[str]:
 def read_group_inputs(config: GroupConfig) -> GroupInputs:
     """Read and check the subjects' maps: same grid, no NaN, every contrast present.
 
+    Subjects that cannot be used (inputs changed since their maps were made, or
+    preprocessed BOLD but no maps) are left out with a warning when they were
+    not named, and are an error when they were.
+
     Raises
     ------
     InputError
-        Fewer than three subjects, grids that differ, a contrast missing in
-        some subject, NaN inside the mask.
+        Fewer than three usable subjects, first-level sidecars that disagree,
+        grids that differ, a contrast missing in some subject, NaN inside the
+        mask, a named subject that cannot be used.
     """
     root = Path(config.output_dir)
     layout.validate_label(config.task, "task")
     available = _subjects_with_maps(root, config.task)
+    bids_root = _bids_root(config)
+    excluded: dict[str, str] = {}
     if config.subjects:
         missing = [s for s in config.subjects if s not in available]
         if missing:
@@ -177,12 +216,11 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
         subjects = list(config.subjects)
     else:
         subjects = available
-    if len(subjects) < MIN_SUBJECTS:
-        raise InputError(
-            f"the group level needs at least {MIN_SUBJECTS} subjects with first-level "
-            f"task-{config.task} maps in {root / layout.FIRST_LEVEL_DIR}; found "
-            f"{len(subjects)} ({', '.join(f'sub-{s}' for s in subjects) or 'none'})"
-        )
+        for subject in _subjects_without_maps(config, bids_root, available):
+            excluded[subject] = (
+                f"has preprocessed BOLD of task-{config.task} but no first-level "
+                "maps: its participant level failed or has not run"
+            )
     per_subject = {s: _contrasts_of(root, s, config.task) for s in subjects}
     contrasts = order_contrast_names(set().union(*per_subject.values()))
     for subject, names in per_subject.items():
@@ -194,19 +232,47 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
                 "with the same --contrast options, or leave it out with "
                 "--participant-label"
             )
+    sidecars = {s: _effect_sidecars(root, s, config.task, contrasts) for s in subjects}
+    for subject in subjects:
+        reason = _out_of_date(sidecars[subject], bids_root)
+        if reason is None:
+            continue
+        if config.subjects:
+            raise InputError(
+                f"sub-{subject}: {reason}; rerun its participant level, or leave it "
+                "out of --participant-label"
+            )
+        excluded[subject] = reason
+    for subject, reason in excluded.items():
+        log.warning("group level: sub-%s left out: %s", subject, reason)
+    subjects = [s for s in subjects if s not in excluded]
+    if len(subjects) < MIN_SUBJECTS:
+        left_out = (
+            f"; left out: {', '.join(f'sub-{s}' for s in excluded)}" if excluded else ""
+        )
+        raise InputError(
+            f"the group level needs at least {MIN_SUBJECTS} subjects with first-level "
+            f"task-{config.task} maps in {root / layout.FIRST_LEVEL_DIR}; found "
+            f"{len(subjects)} ({', '.join(f'sub-{s}' for s in subjects) or 'none'})"
+            + left_out
+        )
+    _check_same_first_level(sidecars, subjects)
     reference_path = root / layout.first_level_map(
         subjects[0], config.task, contrasts[0], "effect"
     )
     reference = load_image(reference_path, what="effect map")
     mask = np.ones(reference.shape, dtype=bool)
     files = []
+    subject_masks = {}
     for subject in subjects:
         mask_path = root / layout.first_level_mask(subject, config.task)
         if mask_path.is_file():
             subject_mask = load_image(mask_path, what="mask")
             _check_grid(subject_mask, reference, mask_path, reference_path)
-            mask &= np.asanyarray(subject_mask.dataobj) > 0
+            subject_masks[subject] = np.asanyarray(subject_mask.dataobj) > 0
+            mask &= subject_masks[subject]
             files.append(mask_path)
+    _log_mask_losses(subject_masks)
     effects = {}
     for contrast in contrasts:
         maps = []
@@ -239,12 +305,8 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
         raise InputError("the subjects' masks do not overlap; are they in one space?")
     info = {}
     model = ModelInfo()
-    for contrast in contrasts:
-        sidecar_path = root / layout.sidecar_of(
-            layout.first_level_map(subjects[0], config.task, contrast, "effect")
-        )
-        if sidecar_path.is_file():
-            sidecar = MapSidecar.model_validate_json(sidecar_path.read_text())
+    for sidecar in sidecars[subjects[0]].values():
+        if sidecar is not None:
             info.update(sidecar.Contrasts)
             model = sidecar.Model
     return GroupInputs(
@@ -257,7 +319,124 @@ def read_group_inputs(config: GroupConfig) -> GroupInputs:
         files=files,
         contrast_info=info,
         first_level_model=model,
+        excluded={f"sub-{s}": reason for s, reason in excluded.items()},
     )
+
+
+def _bids_root(config: GroupConfig) -> Path | None:
+    """The raw dataset: given, or the source named by dataset_description.json."""
+    if config.bids_dir is not None:
+        return Path(config.bids_dir)
+    path = Path(config.output_dir) / "dataset_description.json"
+    try:
+        description = DatasetDescription.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return description.local_source(Path(config.output_dir))
+
+
+def _subjects_without_maps(
+    config: GroupConfig, bids_root: Path | None, available: list[str]
+) -> list[str]:
+    """Subjects the participant level would have fitted that have no maps."""
+    if config.fmriprep_dir is not None:
+        fmriprep = Path(config.fmriprep_dir)
+    elif bids_root is not None:
+        fmriprep = bids_root / "derivatives" / "fmriprep"
+    else:
+        return []
+    if not fmriprep.is_dir():
+        return []
+    return [s for s in find_subjects(fmriprep, config.task) if s not in available]
+
+
+def _effect_sidecars(
+    root: Path, subject: str, task: str, contrasts: list[str]
+) -> dict[str, MapSidecar | None]:
+    """The sidecar of each effect map of a subject (None where there is none)."""
+    sidecars = {}
+    for contrast in contrasts:
+        path = root / layout.sidecar_of(
+            layout.first_level_map(subject, task, contrast, "effect")
+        )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            sidecars[contrast] = None
+            continue
+        try:
+            sidecars[contrast] = MapSidecar.model_validate_json(text)
+        except ValueError:
+            raise InputError(
+                f"{path} is not a sidecar this version can read; rerun the "
+                "participant level of that subject"
+            ) from None
+    return sidecars
+
+
+def _out_of_date(
+    sidecars: dict[str, MapSidecar | None], bids_root: Path | None
+) -> str | None:
+    """Why a subject's maps are out of date for their inputs, or None."""
+    recorded = next((s for s in sidecars.values() if s is not None), None)
+    if recorded is None or bids_root is None or not recorded.InputFiles:
+        return None
+    changed, _ = changed_inputs(recorded.InputFiles, bids_root)
+    if not changed:
+        return None
+    more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+    return f"its input {changed[0]}{more} changed after its maps were made"
+
+
+def _check_same_first_level(
+    sidecars: dict[str, dict[str, MapSidecar | None]], subjects: list[str]
+) -> None:
+    """Stop if the subjects' first levels differ in anything a group map needs."""
+    signatures = {}
+    for subject in subjects:
+        found = [s for s in sidecars[subject].values() if s is not None]
+        if not found:
+            log.warning(
+                "group level: sub-%s has no first-level sidecars; its model, "
+                "confounds and contrasts cannot be checked against the others",
+                subject,
+            )
+            continue
+        signatures[subject] = first_level_signature(found)
+    difference = signature_difference(signatures)
+    if difference is None:
+        return
+    key, groups = difference
+    described = "; ".join(
+        f"{', '.join(f'sub-{s}' for s in members)}: {value}"
+        for value, members in groups.items()
+    )
+    raise InputError(
+        f"the subjects' first-level sidecars disagree on {key} ({described}); "
+        "a group map must not mix them: rerun the participant level of the "
+        "subjects that differ with the same options, or choose subjects with "
+        "--participant-label"
+    )
+
+
+def _log_mask_losses(masks: dict[str, np.ndarray]) -> None:
+    """Name the subjects whose mask cuts the group mask by more than a few %."""
+    if len(masks) < 2:
+        return
+    counts = np.sum(list(masks.values()), axis=0)
+    for subject, subject_mask in masks.items():
+        others = (counts - subject_mask) == len(masks) - 1
+        lost = int((others & ~subject_mask).sum())
+        if others.any() and lost > MASK_LOSS_WARNING * others.sum():
+            log.warning(
+                "group level: the mask of sub-%s leaves out %.1f %% (%d voxels) of "
+                "the voxels all other subjects' masks share; the group mask loses "
+                "them (check its brain mask, or leave it out with "
+                "--participant-label)",
+                subject,
+                100 * lost / others.sum(),
+                lost,
+            )
 
 
 def _check_grid(image, reference, path, reference_path) -> None:
@@ -314,6 +493,18 @@ def _survivor_threshold(z: np.ndarray, survive: np.ndarray) -> float | None:
     return float(stored[survive].min()) if survive.any() else None
 
 
+def _critical_values(p: float, dof: float, one_sided: bool) -> tuple[float, float]:
+    """|t| and |z| whose (one- or two-sided) p-value is ``p``, at ``dof``.
+
+    z goes through t as the z map does (:func:`t_to_z`), so that a voxel with
+    ``p <= p`` has ``|z| >= ZThreshold`` up to rounding.
+    """
+    tail = p if one_sided else p / 2
+    # The lower tail keeps its precision for the small p of a correction.
+    t = float(-special.stdtrit(dof, tail))
+    return t, float(t_to_z(np.array([t]), dof)[0])
+
+
 def run_group(
     config: GroupConfig, sign_flip: SignFlipTest = sign_flip_max_t
 ) -> list[Path]:
@@ -366,7 +557,13 @@ def run_group(
         written += _contrast_outputs(
             config, inputs, contrast, method, fingerprint, sign_flip
         )
-    mask_image = nib.Nifti1Image(inputs.mask.astype(np.uint8), inputs.affine)
+    # The maps' header (qform and sform codes, units), as at the first level.
+    mask_header = inputs.header.copy()
+    mask_header.set_data_dtype(np.uint8)
+    mask_header.set_xyzt_units("mm", "sec")
+    mask_image = nib.Nifti1Image(
+        inputs.mask.astype(np.uint8), inputs.affine, mask_header
+    )
     written.append(save_image(mask_image, root / layout.group_mask()))
     return written
 
@@ -376,9 +573,7 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
     effects = inputs.effects[contrast]
     result: OneSampleResult = one_sample_t(effects, one_sided=config.one_sided)
     base = MapSidecar(
-        AnalysisLevel="group",
-        Task=config.task,
-        Subjects=inputs.subjects,
+        AnalysisLevel="group_level",
         Model=ModelInfo(
             Type="OLS one-sample t test over subjects' first-level effects",
             HRF=inputs.first_level_model.HRF,
@@ -386,11 +581,17 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
             HighPassFilter=inputs.first_level_model.HighPassFilter,
             NoiseModel="ols",
             SmoothingFWHM=config.smoothing_fwhm,
+            RunCombination=inputs.first_level_model.RunCombination,
+            FirstLevelSmoothingFWHM=inputs.first_level_model.SmoothingFWHM,
         ),
         Contrasts={contrast: inputs.contrast_info[contrast]}
         if contrast in inputs.contrast_info
         else {},
-        Software=software_versions(),
+        Software=software(),
+        Dependencies=dependency_versions(),
+        Task=config.task,
+        Subjects=inputs.subjects,
+        ExcludedSubjects=inputs.excluded or None,
         DegreesOfFreedom=float(result.dof),
         Mask=layout.group_mask().name,
         Parameters={**config.parameters(), "Fingerprint": fingerprint},
@@ -407,11 +608,19 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
     corrections = {}
     p_cut = fdr_threshold(result.p, config.alpha)
     survivors["fdr"] = result.p <= p_cut if p_cut > 0 else np.zeros_like(result.p, bool)
+    # With no discovery, the critical p is the first step of Benjamini-Hochberg
+    # (q / m): what the smallest p would have needed.
+    p_critical = p_cut if p_cut > 0 else config.alpha / result.p.size
+    t_critical, z_critical = _critical_values(p_critical, result.dof, config.one_sided)
     corrections["fdr"] = CorrectionInfo(
         Method="fdr (Benjamini-Hochberg)",
         Alpha=config.alpha,
         TwoSided=not config.one_sided,
-        Note=f"voxels with p <= {p_cut:.6g} survive (q = {config.alpha})",
+        PThreshold=p_critical,
+        TThreshold=t_critical,
+        ZThreshold=z_critical,
+        Note=f"voxels with p <= {p_critical:.6g} survive (q = {config.alpha})"
+        + ("" if p_cut > 0 else "; no voxel does, q / m is the first step's cutoff"),
     )
     if method == "permutation":
         permutation = sign_flip(
@@ -422,6 +631,7 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
             seed=config.seed,
         )
         survivors["fwe"] = permutation.mask
+        z_cutoff = float(t_to_z(np.array([permutation.t_cutoff]), result.dof)[0])
         corrections["fwe"] = CorrectionInfo(
             Method="fwe (sign-flip permutation of max |t|)"
             if not config.one_sided
@@ -429,6 +639,7 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
             Alpha=config.alpha,
             TwoSided=not config.one_sided,
             TThreshold=permutation.t_cutoff,
+            ZThreshold=z_cutoff,
             NPermutations=permutation.n_perm,
             Exhaustive=permutation.exhaustive,
             Seed=permutation.seed,
@@ -438,10 +649,16 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
     else:
         survive, p_bonferroni = bonferroni_mask(result.p, config.alpha)
         survivors["fwe"] = survive
+        t_critical, z_critical = _critical_values(
+            p_bonferroni, result.dof, config.one_sided
+        )
         corrections["fwe"] = CorrectionInfo(
             Method="fwe (Bonferroni, parametric)",
             Alpha=config.alpha,
             TwoSided=not config.one_sided,
+            PThreshold=p_bonferroni,
+            TThreshold=t_critical,
+            ZThreshold=z_critical,
             Note=f"voxels with p <= {p_bonferroni:.6g} survive (alpha / "
             f"{result.p.size} voxels)"
             + (
@@ -454,17 +671,19 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
     for stat, values in (("t", result.t), ("z", result.z), ("p", result.p)):
         relative = layout.group_map(contrast, stat)
         written.append(save_image(volume(values), root / relative))
-        write_json(
-            base.model_copy(update={"StatType": stat}),
-            root / layout.sidecar_of(relative),
-        )
+        update: dict[str, object] = {"StatType": stat}
+        if stat == "p":
+            update["TwoSided"] = not config.one_sided
+        write_json(base.model_copy(update=update), root / layout.sidecar_of(relative))
     for correction in layout.CORRECTIONS:
         survive = survivors[correction]
         if config.one_sided:
             survive = survive & (result.z > 0)
         corrected = np.where(survive, result.z, 0.0)
         z_threshold = _survivor_threshold(result.z, survive)
-        info = corrections[correction].model_copy(update={"ZThreshold": z_threshold})
+        info = corrections[correction].model_copy(
+            update={"SmallestSurvivingZ": z_threshold}
+        )
         relative = layout.group_map(contrast, correction=correction)
         image = volume(corrected)
         table_path = root / layout.cluster_table(contrast, correction)

@@ -69,7 +69,7 @@ def run_participants(
 
     ``scheduler`` ``auto`` is decided by :meth:`Scheduler.for_subjects`.
     """
-    write_dataset_description(config.output_dir, config.bids_dir)
+    write_dataset_description(config.output_dir, config.bids_dir, config.source_dataset)
     scheduler = scheduler.for_subjects(len(subjects))
     if scheduler.in_process:
         return [_run_one(config, subject) for subject in subjects]

@@ -3,9 +3,11 @@
 For each run of the task (across sessions) the events are mapped onto the
 categories, a design matrix is built (:mod:`.design`) and the AR(1) GLM is fit
 inside the intersection of the runs' brain masks (:mod:`.engine`).  Runs are
-combined by fixed effects and every contrast's ``effect`` (percent signal
-change), ``variance``, ``t`` and ``z`` maps are written with their sidecars,
-atomically, together with the subject's mask and design-matrix figure.
+combined with equal weights, as nilearn's ``FirstLevelModel`` combines them
+(or by inverse-variance weights, ``run_combination="precision"``), and every
+contrast's ``effect`` (percent signal change), ``variance``, ``t`` and ``z``
+maps are written with their sidecars, atomically, together with the subject's
+mask and design-matrix figure.
 
 Every input is checked before the first fit, so that bad input stops the
 subject with one clear :class:`~laion_fmri_dataloader.errors.InputError` and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -60,14 +63,18 @@ from laion_fmri_dataloader.sidecar import (
     Generator,
     MapSidecar,
     ModelInfo,
+    container,
     contrast_info,
-    software_versions,
+    dependency_versions,
+    input_files,
+    software,
 )
 from laion_fmri_dataloader.stats.design import ModelSettings, make_design
 from laion_fmri_dataloader.stats.engine import (
     ContrastResult,
+    RunCombination,
+    combine_runs,
     fit_ar1_contrasts,
-    fixed_effects,
 )
 
 __all__ = [
@@ -104,8 +111,17 @@ class FirstLevelConfig:
         Confound columns of the model.
     model : ModelSettings
         HRF, drift, high-pass, smoothing.
+    run_combination : {'mean', 'precision'}
+        How several runs combine: equal weights, as nilearn's
+        ``FirstLevelModel`` (the default), or inverse-variance weights
+        (FSL-style fixed effects).
     force : bool
         Redo subjects whose outputs are complete.
+    source_dataset : str or None
+        How ``dataset_description.json`` names the raw dataset
+        (``SourceDatasets``): None for ``bids_dir`` relative to
+        ``output_dir``, a URL, or ``""`` for none (a remote ``output_dir``
+        cannot point at a local folder).
     """
 
     bids_dir: Path
@@ -118,7 +134,9 @@ class FirstLevelConfig:
     extra_contrasts: tuple[Contrast, ...] = ()
     confounds: tuple[str, ...] = DEFAULT_CONFOUNDS
     model: ModelSettings = field(default_factory=ModelSettings)
+    run_combination: RunCombination = "mean"
     force: bool = False
+    source_dataset: str | None = None
 
     @property
     def fmriprep(self) -> Path:
@@ -144,6 +162,7 @@ class FirstLevelConfig:
             },
             "Confounds": list(self.confounds),
             "Model": asdict(self.model),
+            "RunCombination": self.run_combination,
             "Version": __version__,
         }
 
@@ -448,8 +467,7 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
             data = _read_series(run.inputs.bold, mask, config.model.smoothing_fwhm)
         per_run.append(fit_ar1_contrasts(data, run.design.to_numpy(), vectors))
         del data
-    # One run is its own result, as in nilearn's FirstLevelModel; several are
-    # combined by fixed effects.
+    # One run is its own result, as in nilearn's FirstLevelModel.
     if len(per_run) == 1:
         combined = per_run[0]
     else:
@@ -457,7 +475,9 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
             zip(
                 config.contrasts,
                 map_threads(
-                    lambda name: fixed_effects([results[name] for results in per_run]),
+                    lambda name: combine_runs(
+                        [results[name] for results in per_run], config.run_combination
+                    ),
                     config.contrasts,
                 ),
                 strict=True,
@@ -467,9 +487,14 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
     # constant series); a contrast degenerate everywhere is caught before the fit.
     degenerate = np.logical_and.reduce([r.degenerate for r in combined.values()])
     if degenerate.any():
+        where = (
+            "in every run"
+            if config.run_combination == "precision" or len(per_run) == 1
+            else "in a run (equal-weight means need every run)"
+        )
         warnings.append(
-            f"{int(degenerate.sum())} voxels with NaN or constant time series in every "
-            "run were left out of the mask"
+            f"{int(degenerate.sum())} voxels with NaN or constant time series {where} "
+            "were left out of the mask"
         )
     final_mask = mask.copy()
     final_mask[mask] = ~degenerate
@@ -489,22 +514,27 @@ def _write_subject(
     keep = fit.final_mask[fit.fit_mask]
     all_conditions = [*fit.designs.conditions, *extras]
     base = MapSidecar(
-        AnalysisLevel="first",
-        Subject=f"sub-{label}",
-        Task=config.task,
+        AnalysisLevel="first_level",
         Model=ModelInfo(
             HRF=config.model.hrf_model,
             DriftModel=config.model.drift_model,
             HighPassFilter=config.model.high_pass,
             NoiseModel=config.model.noise_model,
             SmoothingFWHM=config.model.smoothing_fwhm,
+            RunCombination=config.run_combination,
         ),
-        Software=software_versions(),
+        Software=software(),
         Confounds=list(config.confounds),
+        Dependencies=dependency_versions(),
+        Subject=f"sub-{label}",
+        Task=config.task,
         Conditions=all_conditions,
         ExtraConditions=extras,
         ImplicitBaseline=fit.designs.implicit_baseline,
         Runs=[_relative_to(run.inputs.bold, config.bids_dir) for run in prepared],
+        InputFiles=input_files(
+            [path for run in prepared for path in run.inputs.files], config.bids_dir
+        ),
         Mask=str(layout.first_level_mask(label, config.task).name),
         Parameters={
             **config.parameters(),
@@ -516,6 +546,7 @@ def _write_subject(
     )
     header = fit.reference.header.copy()
     header.set_data_dtype(np.float32)
+    header.set_xyzt_units("mm", "sec")
     units = {
         "effect": "percent signal change",
         "variance": "(percent signal change)^2",
@@ -531,7 +562,6 @@ def _write_subject(
             image = nib.Nifti1Image(
                 _volume(values, fit.fit_mask), fit.reference.affine, header
             )
-            image.header.set_xyzt_units("mm", "sec")
             maps.append((image, root / relative))
             sidecar = base.model_copy(
                 update={
@@ -547,7 +577,13 @@ def _write_subject(
             )
             sidecars.append((sidecar, root / layout.sidecar_of(relative)))
     mask_path = layout.first_level_mask(label, config.task)
-    mask_image = nib.Nifti1Image(fit.final_mask.astype(np.uint8), fit.reference.affine)
+    # The maps' header (the BOLD's qform and sform codes, mm and s), so that
+    # tools that compare headers take mask and maps for one space.
+    mask_header = header.copy()
+    mask_header.set_data_dtype(np.uint8)
+    mask_image = nib.Nifti1Image(
+        fit.final_mask.astype(np.uint8), fit.reference.affine, mask_header
+    )
     maps.append((mask_image, root / mask_path))
     sidecars.append(
         (
@@ -566,8 +602,21 @@ def _write_subject(
         write_json(sidecar, path)
 
 
-def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
-    """Write the BIDS-derivative ``dataset_description.json`` of the GLM outputs."""
+def write_dataset_description(
+    output_dir: Path, bids_dir: Path, source_dataset: str | None = None
+) -> None:
+    """Write the BIDS-derivative ``dataset_description.json`` of the GLM outputs.
+
+    ``SourceDatasets`` names the raw dataset by ``source_dataset`` if given (a
+    URL; ``""`` names none), else by its path relative to ``output_dir``
+    (``../..`` for the usual ``BIDS_DIR/derivatives/glm``), so that the file
+    stays true when the dataset is moved and tells nothing of the machine.
+    """
+    if source_dataset is None:
+        source_dataset = Path(
+            os.path.relpath(Path(bids_dir).resolve(), Path(output_dir).resolve())
+        ).as_posix()
+    found = container()
     description = DatasetDescription(
         Name="LAION-fMRI GLM derivatives",
         GeneratedBy=[
@@ -575,8 +624,11 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
                 Name="laion-fmri-dataloader",
                 Version=__version__,
                 Description="First- and group-level GLM of the category localizer",
+                Container=None
+                if found is None
+                else {"Type": found[0], **({"Tag": found[1]} if found[1] else {})},
             )
         ],
-        SourceDatasets=[{"URL": Path(bids_dir).resolve().as_uri()}],
+        SourceDatasets=[{"URL": source_dataset}] if source_dataset else [],
     )
     write_json(description, Path(output_dir) / "dataset_description.json")

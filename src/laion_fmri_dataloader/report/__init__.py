@@ -554,6 +554,8 @@ def _bids_roots(root: Path) -> list[Path]:
             url = urllib.parse.urlparse(str(source.get("URL", "")))
             if url.scheme == "file":
                 roots.append(Path(urllib.parse.unquote(url.path)))
+            elif not url.scheme and url.path:
+                roots.append((root / urllib.parse.unquote(url.path)).resolve())
     except (OSError, ValueError, AttributeError):
         pass
     roots.append(root.parent.parent)
@@ -778,6 +780,16 @@ def write_subject_report(
     return path
 
 
+def _software_text(sidecar) -> str:
+    """This package (and its container) and the libraries, with versions."""
+    ours = sidecar.Software
+    parts = [f"{ours.Name} {ours.Version}"] if ours else []
+    if ours and ours.Container:
+        parts[0] += f" (container {ours.Container})"
+    parts += [f"{name} {version}" for name, version in sidecar.Dependencies.items()]
+    return ", ".join(parts)
+
+
 def _subject_html(root: Path, info: _Subject, task: str) -> str:
     sidecar = info.sidecar
     label = info.label
@@ -805,7 +817,7 @@ def _subject_html(root: Path, info: _Subject, task: str) -> str:
             *_model_rows(sidecar),
             ("Confounds", ", ".join(sidecar.Confounds) or "none"),
             ("Voxels in the brain mask", n_voxels),
-            ("Software", ", ".join(f"{s.Name} {s.Version}" for s in sidecar.Software)),
+            ("Software", _software_text(sidecar)),
         ]
     )
     run_rows = [
