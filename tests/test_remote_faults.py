@@ -181,7 +181,7 @@ def test_an_edited_cached_sidecar_is_fetched_again(s3, cache):
     assert metadata == _local(s3).load_metadata(**arguments)
     path = dataset.get_path(**arguments).with_suffix("").with_suffix(".json")
     text = path.read_text()
-    edited = text.replace('"first"', '"group"')
+    edited = text.replace('"first_level"', '"group_level"')
     assert edited != text and len(edited) == len(text)
     path.write_text(edited)
     assert LAIONfMRIDataset(URL).load_metadata(**arguments) == metadata
@@ -281,7 +281,7 @@ def test_an_invalid_sidecar_raises_corrupt_file_error_naming_it(s3, cache, tmp_p
     url = f"s3://{BUCKET}/bad-sidecar/derivatives/glm/first_level/sub-01/{sidecar.name}"
     with pytest.raises(
         CorruptFileError,
-        match=rf"sidecar {url} is not valid \(AnalysisLevel: Input should be 'first' "
-        "or 'group'\\); restore it",
+        match=rf"sidecar {url} is not valid \(AnalysisLevel: Input should be "
+        "'first_level' or 'group_level'\\); restore it",
     ):
         LAIONfMRIDataset(f"s3://{BUCKET}/bad-sidecar").load_metadata("sub-01")
