@@ -86,7 +86,12 @@ def simulated_run(folder: Path, resolution: float, n_volumes: int) -> Path:
 
 
 def inputs(data: Path) -> dict[str, Path]:
-    """The four input files of the run, and its BOLD sidecar."""
+    """The four input files of the run, and its BOLD sidecar.
+
+    Spelled out here rather than taken from ``simulate.run_files``: the nilearn
+    and floor workers are timed from their start, and importing the simulator
+    (scipy.ndimage among others) would add to their time.
+    """
     prep = data / "derivatives" / "fmriprep" / "sub-01" / "func"
     return {
         "bold": prep / f"{RUN}_{SPACE}_desc-preproc_bold.nii.gz",

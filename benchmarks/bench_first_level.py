@@ -1,8 +1,9 @@
 """First level on one run: our AR(1) engine against nilearn, side by side.
 
-Builds one run of the asked size (AR(1) noise with voxel-varying coefficients,
-baseline near 1000, block responses to face/scene/object/baseline, a slow
-drift), then fits the six standard contrasts with
+Builds one run of the asked size with ``simulate.data_gen`` (``block_design``
+and ``ar1_series``: AR(1) noise with voxel-varying coefficients, baseline near
+1000, block responses to face/scene/object/baseline, a slow drift), then fits
+the six standard contrasts with
 
 * ``ours``: ``laion_fmri_dataloader.stats.engine.fit_ar1_contrasts``;
 * ``run_glm``: nilearn's ``mean_scaling`` + ``run_glm`` + ``compute_contrast``,
@@ -34,14 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from _memory import peak_rss_mb
-from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
+from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS
+from laion_fmri_dataloader.simulate.data_gen import (
+    ar1_series,
+    block_design,
+    standard_contrast_vectors,
+    voxels_as_nifti,
+)
 
 METHODS = ("ours", "run_glm", "first_level_model")
-CATEGORIES = CONDITIONS
-CONTRAST_WEIGHTS = {
-    name: tuple(contrast.weights[condition] for condition in CONDITIONS)
-    for name, contrast in STANDARD_CONTRASTS.items()
-}
 # nilearn clips p-values at 1e-300; beyond this |z| its values are a floor.
 NILEARN_Z_CEILING = 37.0
 STATS = ("effect", "variance", "t", "z")
@@ -49,54 +51,10 @@ STATS = ("effect", "variance", "t", "z")
 
 def build_run(n_voxels: int, n_volumes: int, tr: float, seed: int, workdir: Path):
     """Write the design (with column names) and the float32 data to workdir."""
-    import pandas as pd
-    from nilearn.glm.first_level import make_first_level_design_matrix
-
-    rng = np.random.default_rng(seed)
-    frame_times = np.arange(n_volumes) * tr
-    onsets = np.arange(8.0, frame_times[-1] - 20, 16.0)
-    trial_types = [CATEGORIES[i % 4] for i in rng.permutation(len(onsets))]
-    events = pd.DataFrame(
-        {"onset": onsets, "duration": 12.0, "trial_type": trial_types}
-    )
-    confounds = np.cumsum(rng.standard_normal((n_volumes, 9)), axis=0)
-    design = make_first_level_design_matrix(
-        frame_times,
-        events,
-        hrf_model="spm",
-        drift_model="cosine",
-        high_pass=0.01,
-        add_regs=confounds,
-        add_reg_names=[f"confound_{i}" for i in range(9)],
-    )
-
-    rho = rng.uniform(-0.1, 0.6, n_voxels).astype(np.float32)
-    baseline = rng.uniform(600, 1400, n_voxels).astype(np.float32)
-    amplitude = rng.normal(0, 10, (len(CATEGORIES), n_voxels)).astype(np.float32)
-    amplitude[:, rng.random(n_voxels) < 0.7] = 0
-    task = design[list(CATEGORIES)].to_numpy(dtype=np.float32)
-    drift = np.linspace(-1, 1, n_volumes, dtype=np.float32)
-    drift_size = rng.normal(0, 10, n_voxels).astype(np.float32)
-    # C order, one scan per row: what nilearn's maskers return.
-    data = np.empty((n_volumes, n_voxels), dtype=np.float32)
-    noise = rng.standard_normal(n_voxels, dtype=np.float32)
-    for scan in range(n_volumes):
-        noise = rho * noise + rng.standard_normal(n_voxels, dtype=np.float32)
-        data[scan] = baseline + task[scan] @ amplitude + drift[scan] * drift_size
-        data[scan] += 10 * noise
-    np.save(workdir / "data.npy", data)
+    design = block_design(n_volumes, tr, seed)
+    np.save(workdir / "data.npy", ar1_series(design, n_voxels, seed + 1))
     design.to_pickle(workdir / "design.pkl")
     return design.shape[1]
-
-
-def _contrast_vectors(columns: list[str]) -> dict[str, np.ndarray]:
-    vectors = {}
-    for name, weights in CONTRAST_WEIGHTS.items():
-        vector = np.zeros(len(columns))
-        for category, weight in zip(CATEGORIES, weights, strict=True):
-            vector[columns.index(category)] = weight
-        vectors[name] = vector
-    return vectors
 
 
 def _rss_mb() -> float:
@@ -110,7 +68,7 @@ def _fit_ours(data, design, tr):
 
     start = time.perf_counter()
     results = fit_ar1_contrasts(
-        data, design.to_numpy(), _contrast_vectors(list(design.columns))
+        data, design.to_numpy(), standard_contrast_vectors(list(design.columns))
     )
     seconds = time.perf_counter() - start
     maps = {
@@ -129,7 +87,7 @@ def _fit_run_glm(data, design, tr):
     labels, results = run_glm(scaled, design.to_numpy(), noise_model="ar1", bins=100)
     del scaled
     maps = {}
-    for name, vector in _contrast_vectors(list(design.columns)).items():
+    for name, vector in standard_contrast_vectors(list(design.columns)).items():
         contrast = compute_contrast(labels, results, vector)
         maps[name] = {
             "effect": contrast.effect_size(),
@@ -138,24 +96,6 @@ def _fit_run_glm(data, design, tr):
             "z": contrast.z_score(),
         }
     return time.perf_counter() - start, maps
-
-
-def _nifti_of(data):
-    """The voxels as a NIfTI image on the smallest near-cubic grid."""
-    import nibabel as nib
-
-    n_volumes, n_voxels = data.shape
-    side = int(np.ceil(n_voxels ** (1 / 3)))
-    shape = (side, side, int(np.ceil(n_voxels / side**2)))
-    mask = np.zeros(np.prod(shape), dtype=bool)
-    mask[:n_voxels] = True
-    mask = mask.reshape(shape)
-    volume = np.zeros((*shape, n_volumes), dtype=np.float32)
-    volume[mask] = data.T
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    return nib.Nifti1Image(volume, affine), nib.Nifti1Image(
-        mask.astype(np.int8), affine
-    )
 
 
 def _fit_first_level_model(img_and_mask, design, tr):
@@ -169,7 +109,7 @@ def _fit_first_level_model(img_and_mask, design, tr):
     model.fit(img, design_matrices=[design])
     images = {
         name: model.compute_contrast(vector, output_type="all")
-        for name, vector in _contrast_vectors(list(design.columns)).items()
+        for name, vector in standard_contrast_vectors(list(design.columns)).items()
     }
     seconds = time.perf_counter() - start
     keys = {"effect": "effect_size", "variance": "effect_variance", "t": "stat"}
@@ -198,7 +138,7 @@ def worker(method: str, workdir: Path, tr: float) -> dict:
         import nilearn.glm.first_level  # noqa: F401
     baseline_mb = _rss_mb()
     if method == "first_level_model":
-        subject = _nifti_of(np.load(workdir / "data.npy"))
+        subject = voxels_as_nifti(np.load(workdir / "data.npy"))
         fit = _fit_first_level_model
     else:
         subject = np.load(workdir / "data.npy")
@@ -232,7 +172,7 @@ def agreement(workdir: Path, reference: str) -> dict:
     ours = np.load(workdir / "ours.npz")
     theirs = np.load(workdir / f"{reference}.npz")
     max_dz = max_rel_effect = max_rel_t = 0.0
-    for name in CONTRAST_WEIGHTS:
+    for name in STANDARD_CONTRASTS:
         z_ref = theirs[f"{name}.z"]
         unclipped = np.abs(z_ref) < NILEARN_Z_CEILING
         max_dz = max(max_dz, np.abs(ours[f"{name}.z"] - z_ref)[unclipped].max())
@@ -277,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "voxels": args.voxels,
             "volumes": args.volumes,
             "regressors": n_regressors,
-            "contrasts": len(CONTRAST_WEIGHTS),
+            "contrasts": len(STANDARD_CONTRASTS),
             "cpus": len(os.sched_getaffinity(0)),
             "array_mb": round(array_mb, 1),
         }

@@ -27,13 +27,9 @@ import numpy as np
 from scipy import stats
 
 from _memory import peak_rss_mb
+from laion_fmri_dataloader.simulate.data_gen import null_group_effects
 
 ALPHA = 0.05
-
-
-def make_effects(n_subjects: int, n_voxels: int, seed: int) -> np.ndarray:
-    """Null group effects, (n_subjects, n_voxels) float64."""
-    return np.random.default_rng(seed).standard_normal((n_subjects, n_voxels))
 
 
 def _run_ours(effects: np.ndarray, n_perm: int) -> dict:
@@ -79,7 +75,9 @@ def _run_nilearn(effects: np.ndarray, n_perm: int) -> dict:
 def _worker(args: argparse.Namespace) -> None:
     if args.one_core and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    effects = make_effects(args.subjects, args.voxels, args.seed)
+    effects = null_group_effects(
+        np.random.default_rng(args.seed), args.subjects, (args.voxels,)
+    )
     # Import (and warm up) before the baseline so the increment is the test's own.
     if args.worker == "ours":
         import laion_fmri_dataloader.stats.inference  # noqa: F401

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from moto.server import ThreadedMotoServer
 
-from _trees import write_derivative_tree
 from laion_fmri_dataloader.io.cache import CACHE_ENV
 from laion_fmri_dataloader.io.retry import RETRY_DELAY_ENV
 from laion_fmri_dataloader.io.upload import upload_tree
+from laion_fmri_dataloader.simulate.data_gen import write_derivative_tree
 
 BUCKET = "laion"
 URL = f"s3://{BUCKET}/fmri"

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from _trees import write_derivative_tree
+from laion_fmri_dataloader.simulate.data_gen import write_derivative_tree
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,14 @@ import pytest
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.cli import main
 from laion_fmri_dataloader.sidecar import MapSidecar
+from laion_fmri_dataloader.simulate import run_files
 
-FUNC = "sub-01/func"
-PREP = "derivatives/fmriprep/sub-01/func"
-RUN = "sub-01_task-experiment_run-1"
-BOLD = f"{PREP}/{RUN}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
-MASK = f"{PREP}/{RUN}_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"
-CONFOUNDS = f"{PREP}/{RUN}_desc-confounds_timeseries.tsv"
-EVENTS = f"{FUNC}/{RUN}_events.tsv"
+# The simulated run's files, relative to the dataset.
+RUN = run_files(".", "01", 1)
+BOLD = RUN.preproc_bold
+MASK = RUN.brain_mask
+CONFOUNDS = RUN.confounds
+EVENTS = RUN.events
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def _rename_all(table):
 
 
 def _tr(dataset):
-    sidecar = dataset / BOLD.replace(".nii.gz", ".json")
+    sidecar = dataset / RUN.preproc_bold_json
     content = json.loads(sidecar.read_text())
     content["RepetitionTime"] = 2.5
     sidecar.write_text(json.dumps(content))

@@ -224,7 +224,7 @@ def test_path_traversal_is_refused(derivative_tree, label):
 
 
 def test_missing_group_level(tmp_path):
-    from _trees import write_derivative_tree
+    from laion_fmri_dataloader.simulate.data_gen import write_derivative_tree
 
     write_derivative_tree(tmp_path, subjects=("01",), group=False)
     dataset = LAIONfMRIDataset(tmp_path)

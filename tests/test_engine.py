@@ -16,14 +16,19 @@ from nilearn.glm.contrasts import (
 )
 from nilearn.glm.first_level import (
     FirstLevelModel,
-    make_first_level_design_matrix,
     mean_scaling,
     run_glm,
 )
 from scipy import special, stats
 
-from laion_fmri_dataloader.contrasts import CONDITIONS, STANDARD_CONTRASTS
+from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS
 from laion_fmri_dataloader.errors import InvalidParameterError
+from laion_fmri_dataloader.simulate.data_gen import (
+    ar1_series,
+    block_design,
+    standard_contrast_vectors,
+    voxels_as_nifti,
+)
 from laion_fmri_dataloader.stats.engine import (
     ContrastResult,
     _log_t_tail,
@@ -38,66 +43,17 @@ from laion_fmri_dataloader.stats.engine import (
 TR = 1.5
 N_SCANS = 160
 N_VOXELS = 1500
-CATEGORIES = CONDITIONS
-CONTRAST_WEIGHTS = {
-    name: tuple(contrast.weights[condition] for condition in CONDITIONS)
-    for name, contrast in STANDARD_CONTRASTS.items()
-}
-
-
-def _design(seed: int) -> pd.DataFrame:
-    """Blocks of the four categories, 9 random-walk confounds, cosine drifts."""
-    rng = np.random.default_rng(seed)
-    frame_times = np.arange(N_SCANS) * TR
-    onsets = np.arange(6.0, frame_times[-1] - 18, 15.0)
-    trial_types = [CATEGORIES[i] for i in rng.permutation(len(onsets)) % 4]
-    events = pd.DataFrame(
-        {"onset": onsets, "duration": 12.0, "trial_type": trial_types}
-    )
-    confounds = np.cumsum(rng.standard_normal((N_SCANS, 9)), axis=0)
-    return make_first_level_design_matrix(
-        frame_times,
-        events,
-        hrf_model="spm",
-        drift_model="cosine",
-        high_pass=0.01,
-        add_regs=confounds,
-        add_reg_names=[f"confound_{i}" for i in range(9)],
-    )
-
-
-def _data(design: pd.DataFrame, seed: int, n_voxels: int = N_VOXELS) -> np.ndarray:
-    """Baseline near 1000, voxel-varying AR(1) noise, task effects, slow drift."""
-    rng = np.random.default_rng(seed)
-    rho = rng.uniform(-0.2, 0.7, n_voxels)
-    innovations = rng.standard_normal((N_SCANS, n_voxels))
-    noise = np.empty_like(innovations)
-    noise[0] = innovations[0]
-    for scan in range(1, N_SCANS):
-        noise[scan] = rho * noise[scan - 1] + innovations[scan]
-    task = design[list(CATEGORIES)].to_numpy()
-    amplitude = rng.normal(0, 4, (len(CATEGORIES), n_voxels))
-    amplitude[:, : n_voxels // 2] = 0
-    drift = np.outer(np.linspace(-1, 1, N_SCANS), rng.normal(0, 10, n_voxels))
-    baseline = rng.uniform(800, 1200, n_voxels)
-    return (baseline + task @ amplitude + drift + 8 * noise).astype(np.float32)
 
 
 def _contrasts(design: pd.DataFrame) -> dict[str, np.ndarray]:
-    columns = list(design.columns)
-    contrasts = {}
-    for name, weights in CONTRAST_WEIGHTS.items():
-        vector = np.zeros(len(columns))
-        for category, weight in zip(CATEGORIES, weights, strict=True):
-            vector[columns.index(category)] = weight
-        contrasts[name] = vector
-    return contrasts
+    return standard_contrast_vectors(list(design.columns))
 
 
 @pytest.fixture(scope="module")
 def run() -> tuple[pd.DataFrame, np.ndarray]:
-    design = _design(seed=0)
-    return design, _data(design, seed=1)
+    """Blocks of the four conditions, AR(1) noise, task effects, drift."""
+    design = block_design(N_SCANS, TR, seed=0)
+    return design, ar1_series(design, N_VOXELS, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +82,7 @@ def test_contrasts_match_nilearn_run_glm(run, nilearn_run, dtype):
     # float32 maps are rounded once at the end; in float64 the agreement is
     # that of two float64 computations of the same estimator.
     rtol, z_tolerance = (1e-6, 1e-3) if dtype is np.float32 else (1e-9, 1e-6)
-    for name in CONTRAST_WEIGHTS:
+    for name in STANDARD_CONTRASTS:
         reference, result = nilearn_run[name], ours[name]
         assert result.z.dtype == dtype
         assert np.max(np.abs(result.z - reference["z"])) < z_tolerance
@@ -148,11 +104,7 @@ def test_ar1_coefficients_fall_in_nilearns_bins(run, nilearn_run):
 
 def test_matches_first_level_model_on_nifti(run):
     design, data = run
-    n_voxels = 8 * 6 * 5
-    data = data[:, :n_voxels]
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    img = nib.Nifti1Image(data.T.reshape(8, 6, 5, N_SCANS), affine)
-    mask = nib.Nifti1Image(np.ones((8, 6, 5), dtype=np.int8), affine)
+    img, mask = voxels_as_nifti(data[:, : 8 * 6 * 5])
     model = FirstLevelModel(
         t_r=TR, noise_model="ar1", mask_img=mask, minimize_memory=True
     )
@@ -200,8 +152,8 @@ def _nifti(maps: np.ndarray) -> nib.Nifti1Image:
 def test_fixed_effects_match_nilearn():
     runs = []
     for seed in range(3):
-        design = _design(seed=10 + seed)
-        data = _data(design, seed=20 + seed, n_voxels=300)
+        design = block_design(N_SCANS, TR, seed=10 + seed)
+        data = ar1_series(design, 300, seed=20 + seed)
         runs.append(
             fit_ar1_contrasts(data, design.to_numpy(), _contrasts(design))[
                 "faceVsScene"
@@ -233,8 +185,8 @@ def test_mean_combination_is_nilearns_first_level_model():
     """Equal weights as FirstLevelModel.compute_contrast: nilearn's own summation."""
     runs, labels, results, vectors = [], [], [], []
     for seed in range(3):
-        design = _design(seed=30 + seed)
-        data = _data(design, seed=40 + seed, n_voxels=300)
+        design = block_design(N_SCANS, TR, seed=30 + seed)
+        data = ar1_series(design, 300, seed=40 + seed)
         vector = _contrasts(design)["faceVsScene"]
         runs.append(fit_ar1_contrasts(data, design.to_numpy(), {"c": vector})["c"])
         label, result = run_glm(
@@ -401,12 +353,12 @@ def test_threads_do_not_change_results(run):
     design, data = run
     one = fit_ar1_contrasts(data, design.to_numpy(), _contrasts(design), n_threads=1)
     two = fit_ar1_contrasts(data, design.to_numpy(), _contrasts(design), n_threads=2)
-    for name in CONTRAST_WEIGHTS:
+    for name in STANDARD_CONTRASTS:
         np.testing.assert_array_equal(one[name].z, two[name].z)
 
 
 def test_null_data_give_standard_normal_z():
-    design = _design(seed=3)
+    design = block_design(N_SCANS, TR, seed=3)
     rng = np.random.default_rng(4)
     n_voxels = 4000
     rho = rng.uniform(0.0, 0.5, n_voxels)

@@ -14,9 +14,10 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage, stats
+from scipy import stats
 
 from laion_fmri_dataloader.errors import InvalidParameterError
+from laion_fmri_dataloader.simulate.data_gen import null_group_effects
 from laion_fmri_dataloader.stats.inference import (
     bonferroni_mask,
     cluster_table,
@@ -35,17 +36,6 @@ from laion_fmri_dataloader.stats.inference import (
 from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 ALPHA = 0.05
-
-
-def smooth_noise(
-    rng: np.random.Generator, n_subjects: int, grid: tuple[int, int, int], fwhm: float
-) -> np.ndarray:
-    """Gaussian noise maps smoothed in space, unit variance, (n_subjects, n_voxels)."""
-    sigma = fwhm / np.sqrt(8 * np.log(2))
-    noise = rng.standard_normal((n_subjects, *grid))
-    smooth = ndimage.gaussian_filter(noise, sigma=(0, sigma, sigma, sigma))
-    smooth /= smooth.std()
-    return smooth.reshape(n_subjects, -1)
 
 
 # ---------------------------------------------------------------- FDR, Bonferroni
@@ -250,7 +240,7 @@ def test_monte_carlo_cutoff_agrees_with_nilearn_permuted_ols():
     from nilearn.mass_univariate import permuted_ols
 
     rng = np.random.default_rng(4)
-    effects = smooth_noise(rng, 14, (8, 8, 6), fwhm=2.0)
+    effects = null_group_effects(rng, 14, (8, 8, 6), fwhm=2.0)
     ours = sign_flip_max_t(effects, n_perm=5000, seed=1)
     nilearn_n_perm = 1000
     reference = permuted_ols(
@@ -314,7 +304,7 @@ def test_a_flip_to_zero_variance_gives_a_huge_not_nan_t():
 def test_clear_signal_is_found_and_noise_is_not():
     rng = np.random.default_rng(12)
     grid = (10, 10, 10)
-    effects = smooth_noise(rng, 12, grid, fwhm=2.0)
+    effects = null_group_effects(rng, 12, grid, fwhm=2.0)
     signal = np.zeros(grid, dtype=bool)
     signal[3:6, 3:6, 3:6] = True
     effects[:, signal.ravel()] += 3.0
@@ -402,7 +392,7 @@ def family_wise_rates(n_groups: int = 1000, n_perm: int = 500) -> dict:
     fwe_hits = bonferroni_hits = 0
     fwe_cutoffs = []
     for group in range(n_groups):
-        effects = smooth_noise(
+        effects = null_group_effects(
             rng, CALIBRATION_SUBJECTS, CALIBRATION_GRID, CALIBRATION_FWHM
         )
         permutation = sign_flip_max_t(effects, n_perm=n_perm, seed=group)
@@ -430,7 +420,7 @@ def false_discovery_proportions(n_groups: int = 500, q: float = 0.05) -> np.ndar
     truth = truth.ravel()
     proportions = np.empty(n_groups)
     for group in range(n_groups):
-        effects = smooth_noise(
+        effects = null_group_effects(
             rng, CALIBRATION_SUBJECTS, CALIBRATION_GRID, CALIBRATION_FWHM
         )
         # A sharp-edged effect added after smoothing keeps null voxels exactly null.

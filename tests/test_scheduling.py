@@ -46,6 +46,7 @@ from laion_fmri_dataloader.pipeline.scheduling import (
     slurm_cluster_kwargs,
 )
 from laion_fmri_dataloader.simulate import simulate_dataset
+from laion_fmri_dataloader.simulate.data_gen import null_group_effects
 from laion_fmri_dataloader.stats.inference import sign_flip_max_t
 
 DASK = Path(sys.executable).parent / "dask"
@@ -372,8 +373,8 @@ def _flip_options(config: GroupConfig) -> dict:
 
 
 def _effects(n_subjects: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    effects = rng.normal(size=(n_subjects, 3000))
+    """Null effects but 40 active and 10 zero-variance voxels, (n_subjects, 3000)."""
+    effects = null_group_effects(np.random.default_rng(seed), n_subjects, (3000,))
     effects[:, :40] += 5.0
     effects[:, 40:50] = 0.7  # zero-variance voxels
     return effects

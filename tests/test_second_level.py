@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from laion_fmri_dataloader.errors import InvalidParameterError
+from laion_fmri_dataloader.simulate.data_gen import null_group_effects
 from laion_fmri_dataloader.stats.second_level import one_sample_t
 
 GRID = (6, 5, 4)
@@ -17,11 +18,8 @@ GRID = (6, 5, 4)
 @pytest.fixture(scope="module")
 def group_effects() -> np.ndarray:
     """Ten subjects' effect maps: noise plus an effect growing along x."""
-    rng = np.random.default_rng(7)
-    n_subjects = 10
     effect = np.linspace(-1.5, 1.5, GRID[0])[:, None, None] * np.ones(GRID)
-    maps = effect + rng.normal(scale=1.0, size=(n_subjects, *GRID))
-    return maps.reshape(n_subjects, -1)
+    return effect.ravel() + null_group_effects(np.random.default_rng(7), 10, GRID)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ The realism choices, the files written, determinism and memory are described in
 - :mod:`~.writing`: deterministic NIfTI and TSV writers;
 - :mod:`~.bids_writer`: the raw BIDS dataset and the fMRIPrep derivative;
 - :mod:`~.truth`: the ground truth, written and read back;
-- :mod:`~.generate`: the whole dataset, subject by subject and run by run.
+- :mod:`~.generate`: the whole dataset, subject by subject and run by run;
+- :mod:`~.data_gen`: small fake data for tests and benchmarks.
 """
 
 from laion_fmri_dataloader.simulate.bids_writer import RunFiles, run_files
