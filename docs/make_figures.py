@@ -34,9 +34,9 @@ from laion_fmri_dataloader.inputs.bids import (
     DEFAULT_CONFOUNDS,
     find_runs,
     read_confounds,
-    read_events,
-    read_repetition_time,
 )
+from laion_fmri_dataloader.inputs.events import read_events
+from laion_fmri_dataloader.inputs.timing import read_timing
 from laion_fmri_dataloader.pipeline.design_figure import plot_designs
 from laion_fmri_dataloader.report import (
     HEADLESS_CHROMIUM_FLAGS,
@@ -137,10 +137,10 @@ def design_matrix(data_dir: Path, out: Path) -> Path:
     run = find_runs(data_dir, data_dir / "derivatives" / "fmriprep", "01", TASK)[0]
     bold = nib.load(run.bold)
     n_volumes = bold.shape[3]
-    repetition_time = read_repetition_time(run.bold_json, bold, run.bold)
+    repetition_time = read_timing(run.sidecars, bold, run.bold).repetition_time
     design = make_design(
-        read_events(run.events, {}),
-        read_confounds(run.confounds, DEFAULT_CONFOUNDS, n_volumes),
+        read_events(run.events, {}).table,
+        read_confounds(run.confounds, DEFAULT_CONFOUNDS, n_volumes).table,
         n_volumes,
         repetition_time,
     )

@@ -120,7 +120,8 @@ BAD_INPUTS = {
     ),
     "confounds missing a column": (
         lambda d: _edit_table(d / CONFOUNDS, lambda t: t.drop(columns="csf")),
-        r"confounds file .*_desc-confounds_timeseries\.tsv lacks column\(s\) csf",
+        r"confounds file .*_desc-confounds_timeseries\.tsv has no column 'csf'; "
+        r"nearest: csf_derivative1, ",
     ),
     "confounds with too few rows": (
         lambda d: _edit_table(d / CONFOUNDS, lambda t: t.iloc[:-1]),

@@ -28,6 +28,7 @@ __all__ = [
     "glm",
     "info",
     "parse_condition_map",
+    "parse_selection",
     "run_glm_command",
     "scheduler_from_args",
     "simulate",
@@ -214,6 +215,45 @@ def parse_condition_map(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return mapping
 
 
+def parse_selection(args: argparse.Namespace) -> dict[str, str]:
+    """Entities choosing between variants of a run, from ``--res``, ``--den``, ...
+
+    Examples
+    --------
+    >>> parse_selection(argparse.Namespace(res="2", den=None, bold_filter=["echo=2"]))
+    {'res': '2', 'echo': '2'}
+    """
+    selection = {
+        key: layout.validate_label(value, key)
+        for key, value in (("res", args.res), ("den", args.den))
+        if value is not None
+    }
+    for item in args.bold_filter:
+        entity, sep, label = item.partition("=")
+        if not sep or not entity.isalpha():
+            raise InvalidLabelError(
+                f"--bold-filter {item!r} must look like ENTITY=LABEL, e.g. echo=2"
+            )
+        selection[entity] = layout.validate_label(label, entity)
+    return selection
+
+
+def _check_timing(args: argparse.Namespace) -> None:
+    if args.repetition_time is not None and not args.repetition_time > 0:
+        raise InvalidParameterError(
+            f"--repetition-time must be > 0 s; got {args.repetition_time}"
+        )
+    if args.slice_time_ref is not None and not 0 <= args.slice_time_ref < 1:
+        raise InvalidParameterError(
+            f"--slice-time-ref must be in [0, 1) (a fraction of the TR); got "
+            f"{args.slice_time_ref}"
+        )
+    if args.dummy_scans is not None and args.dummy_scans < 0:
+        raise InvalidParameterError(
+            f"--dummy-scans must be >= 0; got {args.dummy_scans}"
+        )
+
+
 def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
     """The first-level configuration of a ``laion-fmri-glm glm`` command line."""
     from laion_fmri_dataloader.inputs.bids import DEFAULT_CONFOUNDS
@@ -228,6 +268,7 @@ def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
             "choose another name"
         )
     _check_fwhm(args.smoothing_fwhm, "--smoothing-fwhm")
+    _check_timing(args)
     return FirstLevelConfig(
         bids_dir=Path(args.bids_dir),
         output_dir=Path(args.output_dir),
@@ -237,13 +278,18 @@ def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
         desc=args.desc,
         condition_map=parse_condition_map(args.condition),
         extra_contrasts=extra,
-        confounds=tuple(args.confounds or DEFAULT_CONFOUNDS),
+        # a name given twice is one regressor
+        confounds=tuple(dict.fromkeys(args.confounds or DEFAULT_CONFOUNDS)),
         model=ModelSettings(smoothing_fwhm=args.smoothing_fwhm or None),
         run_combination=args.run_combination,
         force=args.force,
         # A remote OUTPUT_DIR is written in a local stage: a path relative to
         # the stage would name a folder that does not exist there.
         source_dataset="" if getattr(args, "output_url", None) else None,
+        selection=parse_selection(args),
+        repetition_time=args.repetition_time,
+        slice_time_ref=args.slice_time_ref,
+        dummy_scans=args.dummy_scans,
     )
 
 

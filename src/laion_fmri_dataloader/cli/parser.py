@@ -43,6 +43,49 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
         "--desc", default="preproc", help="desc entity of the BOLD files"
     )
     parser.add_argument(
+        "--res",
+        default=None,
+        metavar="LABEL",
+        help="res entity of the BOLD files, where fMRIPrep wrote several resolutions",
+    )
+    parser.add_argument(
+        "--den",
+        default=None,
+        metavar="LABEL",
+        help="den entity of the BOLD files, where fMRIPrep wrote several densities",
+    )
+    parser.add_argument(
+        "--bold-filter",
+        action="append",
+        default=[],
+        metavar="ENTITY=LABEL",
+        help="another entity that chooses between variants of a run, e.g. echo=2 "
+        "or cohort=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--repetition-time",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="TR of every run, instead of the sidecars' and headers'",
+    )
+    parser.add_argument(
+        "--slice-time-ref",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="fraction of the TR at which volumes are sampled (nilearn's "
+        "slice_time_ref), instead of fMRIPrep's StartTime / TR (0 without it)",
+    )
+    parser.add_argument(
+        "--dummy-scans",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop the first N volumes of every run, instead of those fMRIPrep's "
+        "non_steady_state_outlier columns flag",
+    )
+    parser.add_argument(
         "--condition",
         action="append",
         default=[],
@@ -62,8 +105,9 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="COLUMN",
-        help="confound columns (default the nine of the model: trans_x..rot_z, "
-        "global_signal, csf, white_matter)",
+        help="confound columns or glob patterns such as 'a_comp_cor_0[0-5]' "
+        "(default the nine of the model: trans_x..rot_z, global_signal, csf, "
+        "white_matter)",
     )
     parser.add_argument(
         "--smoothing-fwhm",

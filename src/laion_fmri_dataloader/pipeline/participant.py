@@ -46,10 +46,10 @@ from laion_fmri_dataloader.inputs.bids import (
     find_runs,
     read_bold,
     read_confounds,
-    read_events,
     read_mask,
-    read_repetition_time,
 )
+from laion_fmri_dataloader.inputs.events import check_trial_type_names, read_events
+from laion_fmri_dataloader.inputs.timing import RunTiming, read_timing
 from laion_fmri_dataloader.io.files import (
     atomic_output,
     load_masked_series,
@@ -122,6 +122,16 @@ class FirstLevelConfig:
         (``SourceDatasets``): None for ``bids_dir`` relative to
         ``output_dir``, a URL, or ``""`` for none (a remote ``output_dir``
         cannot point at a local folder).
+    selection : mapping of str to str
+        Entities that choose between variants of a run (``--res``, ``--den``,
+        ``--bold-filter``), e.g. ``{"res": "2"}``.
+    repetition_time : float or None
+        Seconds; overrides the sidecars and headers (``--repetition-time``).
+    slice_time_ref : float or None
+        Fraction of the TR; overrides ``StartTime`` (``--slice-time-ref``).
+    dummy_scans : int or None
+        Volumes dropped at the start of every run instead of those fMRIPrep
+        flags as non-steady-state (``--dummy-scans``).
     """
 
     bids_dir: Path
@@ -137,6 +147,10 @@ class FirstLevelConfig:
     run_combination: RunCombination = "mean"
     force: bool = False
     source_dataset: str | None = None
+    selection: Mapping[str, str] = field(default_factory=dict)
+    repetition_time: float | None = None
+    slice_time_ref: float | None = None
+    dummy_scans: int | None = None
 
     @property
     def fmriprep(self) -> Path:
@@ -163,6 +177,10 @@ class FirstLevelConfig:
             "Confounds": list(self.confounds),
             "Model": asdict(self.model),
             "RunCombination": self.run_combination,
+            "Selection": dict(sorted(self.selection.items())),
+            "RepetitionTimeOverride": self.repetition_time,
+            "SliceTimeRefOverride": self.slice_time_ref,
+            "DummyScans": self.dummy_scans,
             "Version": __version__,
         }
 
@@ -176,7 +194,9 @@ class SubjectResult:
     """What happened to one subject.
 
     ``status`` is ``"done"``, ``"skipped"`` (outputs complete), ``"failed"``
-    (bad input; ``message`` says why) or ``"error"`` (a bug).
+    (bad input; ``message`` says why) or ``"error"`` (a bug).  ``log_records``
+    holds the subject's log lines (level, message) when it ran on a Dask
+    worker, for the client to log.
     """
 
     subject: str
@@ -184,6 +204,7 @@ class SubjectResult:
     n_runs: int = 0
     message: str = ""
     warnings: list[str] = field(default_factory=list)
+    log_records: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -191,7 +212,18 @@ class _PreparedRun:
     inputs: RunInputs
     design: pd.DataFrame
     n_volumes: int
-    repetition_time: float
+    timing: RunTiming
+    dropped: tuple[int, ...]
+    warnings: list[str]
+
+    @property
+    def repetition_time(self) -> float:
+        return self.timing.repetition_time
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Volumes fitted: all but the non-steady-state or dummy ones."""
+        return np.setdiff1d(np.arange(self.n_volumes), self.dropped)
 
 
 @dataclass
@@ -276,12 +308,28 @@ def _check_conditions(
     return categories, extras, implicit_baseline
 
 
+def _dropped_volumes(
+    config: FirstLevelConfig, run: RunInputs, flagged: tuple[int, ...], n_volumes: int
+) -> tuple[int, ...]:
+    """Volumes left out of the fit: ``--dummy-scans`` or fMRIPrep's flags."""
+    dropped = flagged if config.dummy_scans is None else range(config.dummy_scans)
+    dropped = tuple(dropped)
+    if n_volumes - len(dropped) < 2:
+        raise InputError(
+            f"{run.bold}: {len(dropped)} of its {n_volumes} volumes are "
+            "non-steady-state or dummy scans; fewer than two are left to fit"
+        )
+    return dropped
+
+
 def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]) -> _Designs:
     """Read and check every run's events, confounds and header; build designs."""
-    events = [read_events(run.events, config.condition_map) for run in runs]
+    all_events = [read_events(run.events, config.condition_map) for run in runs]
+    events = [item.table for item in all_events]
     conditions, extras, implicit_baseline = _check_conditions(config, runs, events)
     prepared = []
-    for run, table in zip(runs, events, strict=True):
+    for run, item in zip(runs, all_events, strict=True):
+        table = item.table
         header_only = nib.load(run.bold) if run.bold.is_file() else None
         if header_only is None:
             raise InputError(f"BOLD series {run.bold} does not exist")
@@ -291,8 +339,17 @@ def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]) -> _Designs:
                 "with at least two volumes is needed"
             )
         n_volumes = header_only.shape[3]
-        repetition_time = read_repetition_time(run.bold_json, header_only, run.bold)
+        timing = read_timing(
+            run.sidecars,
+            header_only,
+            run.bold,
+            repetition_time=config.repetition_time,
+            slice_time_ref=config.slice_time_ref,
+        )
+        repetition_time = timing.repetition_time
         confounds = read_confounds(run.confounds, config.confounds, n_volumes)
+        check_trial_type_names(item, run.events, confounds.table.columns)
+        dropped = _dropped_volumes(config, run, confounds.non_steady_state, n_volumes)
         last_onset = float(table["onset"].max())
         if last_onset >= n_volumes * repetition_time:
             raise InputError(
@@ -300,8 +357,31 @@ def _prepare(config: FirstLevelConfig, runs: Sequence[RunInputs]) -> _Designs:
                 f"after the run ends ({n_volumes} volumes x {repetition_time:g} s); "
                 "is it the events file of this run?"
             )
-        design = make_design(table, confounds, n_volumes, repetition_time, config.model)
-        prepared.append(_PreparedRun(run, design, n_volumes, repetition_time))
+        # As nilearn's sample_masks: the design is made on the whole run, then
+        # the rows of the dropped volumes leave it (and the data) together.
+        design = make_design(
+            table,
+            confounds.table,
+            n_volumes,
+            repetition_time,
+            config.model,
+            slice_time_ref=timing.slice_time_ref,
+        )
+        notes = [*item.warnings, *timing.warnings]
+        if dropped:
+            reason = (
+                "--dummy-scans"
+                if config.dummy_scans is not None
+                else "non_steady_state_outlier columns"
+            )
+            notes.append(
+                f"{run.name}: {len(dropped)} volume"
+                f"{'' if len(dropped) == 1 else 's'} dropped ({reason}): "
+                f"{', '.join(map(str, dropped))}"
+            )
+        prepared_run = _PreparedRun(run, design, n_volumes, timing, dropped, notes)
+        prepared_run.design = design.iloc[prepared_run.kept]
+        prepared.append(prepared_run)
     return _Designs(prepared, conditions, extras, implicit_baseline)
 
 
@@ -395,6 +475,7 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         config.task,
         space=config.space,
         desc=config.desc,
+        selection=config.selection,
     )
     fingerprint = provenance.fingerprint(
         config.parameters(), [path for run in runs for path in run.files]
@@ -423,6 +504,33 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     )
 
 
+def _log_timing(label: str, prepared: Sequence[_PreparedRun]) -> None:
+    """Say where the frames are in time and which volumes are left out."""
+    references = sorted({run.timing.slice_time_ref for run in prepared})
+    dropped = [len(run.dropped) for run in prepared]
+    log.info(
+        "sub-%s: frames at %s of the TR (slice_time_ref); %s volumes dropped per run",
+        label,
+        " or ".join(f"{value:g}" for value in references),
+        ", ".join(map(str, dropped)),
+    )
+
+
+def _unusable_values(run: _PreparedRun, data: np.ndarray) -> list[str]:
+    """A warning naming the run if voxels are NaN or zero in some volumes."""
+    # Out-of-field voxels after motion correction, or a broken volume: the
+    # fit leaves out voxels with NaN (see below) and fits zeros as signal.
+    unusable = ~np.isfinite(data) | (data == 0)
+    some = unusable.any(axis=0)
+    if not some.any():
+        return []
+    every = int(unusable.all(axis=0).sum())
+    return [
+        f"{run.inputs.name} ({run.inputs.bold.name}): {int(some.sum())} voxels of the "
+        f"brain mask are NaN or zero in some volumes ({every} in every volume)"
+    ]
+
+
 def _fit_subject(config, label, designs, mask, reference, fingerprint, first_series):
     prepared, extras = designs.runs, designs.extras
     volumes = sorted({run.n_volumes for run in prepared})
@@ -439,7 +547,8 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
         if extras
         else "",
     )
-    warnings = []
+    _log_timing(label, prepared)
+    warnings = [note for run in prepared for note in run.warnings]
     if designs.implicit_baseline:
         warnings.append(
             "no 'baseline' trial type: contrasts against baseline use the "
@@ -465,6 +574,9 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
             data = first_series.result()
         else:
             data = _read_series(run.inputs.bold, mask, config.model.smoothing_fwhm)
+        if run.dropped:
+            data = data[run.kept]
+        warnings += _unusable_values(run, data)
         per_run.append(fit_ar1_contrasts(data, run.design.to_numpy(), vectors))
         del data
     # One run is its own result, as in nilearn's FirstLevelModel.
@@ -541,6 +653,11 @@ def _write_subject(
             "Fingerprint": fit.fingerprint,
             "RepetitionTime": sorted({run.repetition_time for run in prepared}),
             "NumberOfVolumes": [run.n_volumes for run in prepared],
+            "SliceTimeRef": [run.timing.slice_time_ref for run in prepared],
+            "DroppedVolumes": [list(run.dropped) for run in prepared],
+            "DroppedVolumesReason": "--dummy-scans"
+            if config.dummy_scans is not None
+            else "fMRIPrep's non_steady_state_outlier columns",
             "Warnings": fit.warnings,
         },
     )

@@ -2,8 +2,9 @@
 
 A run's design is nilearn's ``make_first_level_design_matrix`` with the model of
 ARCHITECTURE.md: SPM HRF, cosine drift with a 0.01 Hz high-pass, the confounds
-as extra regressors, frame times at the start of each volume
-(``slice_time_ref=0``, nilearn's default).
+as extra regressors, frame times as ``FirstLevelModel`` sets them: frame ``i``
+at ``(i + slice_time_ref) * TR`` (``slice_time_ref=0``, nilearn's default, is
+the start of each volume).
 
 For the SPM and Glover HRFs with cosine drifts the matrix is computed here, step
 by step as nilearn computes it (events sampled on a grid 50 times finer than the
@@ -45,6 +46,8 @@ def make_design(
     n_volumes: int,
     repetition_time: float,
     settings: ModelSettings = ModelSettings(),
+    *,
+    slice_time_ref: float = 0.0,
 ) -> pd.DataFrame:
     """Design matrix of one run.
 
@@ -60,13 +63,20 @@ def make_design(
         Seconds.
     settings : ModelSettings
         HRF, drift model and high-pass (Hz).
+    slice_time_ref : float, default=0.0
+        Fraction of the TR at which volumes are sampled, in [0, 1).
 
     Returns
     -------
     pandas.DataFrame
         One column per condition (sorted), then confounds, drifts and constant.
     """
-    frame_times = np.arange(n_volumes) * repetition_time
+    # FirstLevelModel's frame times, to the bit.
+    frame_times = np.linspace(
+        slice_time_ref * repetition_time,
+        (n_volumes - 1 + slice_time_ref) * repetition_time,
+        n_volumes,
+    )
     design = _fast_design(events, confounds, frame_times, settings)
     if design is None:
         design = nilearn_design(events, confounds, frame_times, settings)
