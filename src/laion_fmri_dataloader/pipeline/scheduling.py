@@ -31,8 +31,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 import shutil
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -396,6 +398,57 @@ def _progress(total: int) -> Iterator[Callable[[SubjectResult], None]]:
         yield report
 
 
+class _ThreadRecords(logging.Handler):
+    """The pipeline's log records of one thread: a worker fits several at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.records.append((record.levelno, record.getMessage()))
+
+
+_capturing_lock = threading.Lock()
+_capturing = {"tasks": 0, "level": logging.NOTSET}
+
+
+def _task_with_log(
+    func: Callable[[ConfigT, str], SubjectResult],
+    config: ConfigT,
+    label: str,
+    level: int,
+    client_pid: int,
+) -> SubjectResult:
+    """Run ``func`` on a worker and return its log lines with its result.
+
+    A worker process has no logging set up, so the per-subject lines (runs,
+    TR, extra trial types, warnings) would be lost; the client logs them as an
+    in-process run does.  In the client's own process they are logged already.
+    """
+    if os.getpid() == client_pid:
+        return func(config, label)
+    handler = _ThreadRecords()
+    with _capturing_lock:
+        if _capturing["tasks"] == 0:
+            _capturing["level"] = log.level
+            log.setLevel(level)
+        _capturing["tasks"] += 1
+    log.addHandler(handler)
+    try:
+        result = func(config, label)
+    finally:
+        log.removeHandler(handler)
+        with _capturing_lock:
+            _capturing["tasks"] -= 1
+            if _capturing["tasks"] == 0:
+                log.setLevel(_capturing["level"])
+    result.log_records = handler.records
+    return result
+
+
 def _result_of(future, subject: str) -> SubjectResult:
     """The task's result; a worker death or a bug becomes a failed result."""
     try:
@@ -468,12 +521,16 @@ def map_subjects(
     # Workers of a scheduler given by address may not declare the resource.
     resources = {_SUBJECT_RESOURCE: 1} if scheduler.starts_cluster else None
     with open_client(scheduler) as client:
+        level = log.getEffectiveLevel()
 
         def submit(label: str):
             return client.submit(
+                _task_with_log,
                 func,
                 config,
                 label,
+                level,
+                os.getpid(),
                 key=f"first-level-sub-{label}-{token}",
                 pure=False,
                 retries=2,
@@ -492,6 +549,8 @@ def map_subjects(
             for future in completed:
                 subject = futures.pop(future)
                 results[subject] = _result_of(future, subject)
+                for record_level, message in results[subject].log_records:
+                    log.log(record_level, "%s", message)
                 report(results[subject])
                 label = next(waiting, None)
                 if label is not None:
