@@ -92,7 +92,9 @@ def test_pipeline_sidecars_follow_the_seed_example(group_dataset):
     assert first["Contrasts"]["faceVsScene"]["Weights"] == [1.0, -1.0, 0.0, 0.0]
     assert first["Model"]["RunCombination"] == "mean"
     assert first["Confounds"] == SEED_EXAMPLE["Confounds"]
-    assert len(first["InputFiles"]) == 2 * 5  # bold, mask, confounds, events, json
+    # bold, mask, confounds, events and the sidecars that apply by inheritance:
+    # the raw root and run sidecars, then fMRIPrep's
+    assert len(first["InputFiles"]) == 2 * 7
     assert all(not entry["Path"].startswith("/") for entry in first["InputFiles"])
     for stat in ("t", "z", "p"):
         group = _json(group_dataset, layout.group_map("faceVsScene", stat))
