@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 from pydantic import ValidationError
@@ -85,9 +86,19 @@ class FirstLevelState:
         return "ok"
 
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["LAIONfMRIDataset"]
+
+
 def _is_map(entities: dict[str, str]) -> bool:
-    """A map itself, not its sidecar or a table: what listings are made of."""
-    return entities.get("suffix") == "map" and entities.get("extension") == ".nii.gz"
+    """A map of all runs, not a sidecar, table or half-run map: what listings hold."""
+    return (
+        entities.get("suffix") == "map"
+        and entities.get("extension") == ".nii.gz"
+        and "split" not in entities
+    )
 
 
 def _first_problem(error: ValidationError) -> str:
@@ -601,3 +612,127 @@ def pybids_layout(path: str | os.PathLike, **options):
     session.bulk_insert_mappings(Tag, rows)
     session.commit()
     return bids_layout
+
+    def rois(self, subject: str | None = None) -> list[tuple[str, str]]:
+        """Regions with fROIs, as ``(roi, hemi)`` pairs, sorted.
+
+        Parameters
+        ----------
+        subject : str, optional
+            A subject's fROIs (all runs); the group parcels if None.
+        """
+        if subject is None:
+            entries = [e for e in self._group_files if e.get("suffix") == "parcel"]
+        else:
+            entries = [
+                e
+                for e in self._first_level_files[self._subject(subject)]
+                if e.get("suffix") == "roi" and "split" not in e
+            ]
+        return sorted(
+            {
+                (e["roi"], e["hemi"])
+                for e in entries
+                if e.get("extension") == ".nii.gz" and "hemi" in e
+            }
+        )
+
+    def load_roi(
+        self,
+        subject: str | None = None,
+        roi: str = "FFA",
+        hemi: str = "R",
+        task: str = "experiment",
+        split: str | None = None,
+    ) -> nib.Nifti1Image:
+        """A subject's fROI mask, or the group parcel if ``subject`` is None.
+
+        Parameters
+        ----------
+        subject : str or None
+            ``"sub-01"`` or ``"01"``; None loads the group parcel of the region.
+        roi : str
+            Region name, e.g. ``"FFA"`` (see :meth:`rois`).
+        hemi : {'L', 'R'}
+            Hemisphere.
+        task : str
+            Task label.
+        split : {None, 'odd', 'even'}
+            The fROI defined from all runs (None) or from one half of them.
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            A uint8 mask (1 inside the region) on the first-level maps' grid.
+
+        Raises
+        ------
+        NotFoundError
+            If the region does not exist; the message lists those that do.
+        """
+        layout.validate_choice(hemi, ("L", "R"), "hemi")
+        if split is not None:
+            layout.validate_choice(split, layout.SPLITS, "split")
+        if subject is None:
+            relative = layout.group_roi_map(roi, hemi, "parcel")
+            where, available = "at the group level", self.rois()
+        else:
+            relative = layout.roi_mask(subject, task, roi, hemi, split)
+            label = self._subject(subject)
+            where, available = f"for sub-{label}", self.rois(subject)
+        if not self._store.exists(relative):
+            names = [f"{name}-{side}" for name, side in available]
+            if not names:
+                raise NotFoundError(
+                    f"no fROIs {where} in {self.root}; make them with "
+                    "`laion-fmri-glm glm BIDS_DIR DATA_DIR/derivatives/glm roi`"
+                )
+            if (roi, hemi) in available:
+                raise NotFoundError(
+                    f"fROI {roi}-{hemi} {where} has no task-{task}"
+                    + ("" if split is None else f" split-{split}")
+                    + " mask (split fROIs need at least two runs)"
+                )
+            raise NotFoundError(
+                f"fROI {roi}-{hemi} not found {where}; "
+                + did_you_mean(f"{roi}-{hemi}", names)
+            )
+        return load_image(self._store.local_path(relative), what="fROI mask")
+
+    def load_roi_responses(
+        self, subject: str | None = None, task: str = "experiment"
+    ) -> pd.DataFrame:
+        """Held-out response profiles: one row per subject, roi, hemi, condition.
+
+        ``psc`` is the percent signal change measured in the runs that did not
+        define the fROI (the average of the odd-run fROI in even runs and the
+        reverse); ``dice`` is the overlap of the two half-run fROIs.
+
+        Parameters
+        ----------
+        subject : str, optional
+            One subject's rows; every subject's if None.
+        task : str
+            Task label.
+        """
+        import pandas as pd
+
+        labels = (
+            [self._subject(subject)]
+            if subject is not None
+            else sorted(self._first_level_files)
+        )
+        tables = []
+        for label in labels:
+            relative = layout.roi_responses(label, task)
+            if self._store.exists(relative):
+                path = self._store.local_path(relative)
+                tables.append(pd.read_csv(path, sep="\t", na_values="n/a"))
+        if not tables:
+            who = f"sub-{labels[0]}" if subject is not None else "any subject"
+            raise NotFoundError(
+                f"no fROI response table for {who} (task-{task}) in {self.root}; "
+                "profiles need at least two runs and the roi level: "
+                "`laion-fmri-glm glm BIDS_DIR DATA_DIR/derivatives/glm roi`"
+            )
+        return pd.concat(tables, ignore_index=True)

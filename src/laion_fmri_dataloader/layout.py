@@ -19,6 +19,8 @@ PurePosixPath('first_level/sub-01/sub-01_task-experiment_contrast-faceVsBaseline
 'group_contrast-faceVsScene_fdr-corrected.nii.gz'
 >>> parse_name("sub-01_task-experiment_contrast-faceVsBaseline_stat-z.nii.gz")["stat"]
 'z'
+>>> roi_mask("01", "experiment", "FFA", "R", split="odd").name
+'sub-01_task-experiment_split-odd_roi-FFA_hemi-R_mask.nii.gz'
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ __all__ = [
     "FIRST_LEVEL_DIR",
     "FIRST_LEVEL_STAT_TYPES",
     "GROUP_LEVEL_DIR",
+    "GROUP_ROI_KINDS",
     "GROUP_STAT_TYPES",
+    "SPLITS",
     "bids_name",
     "cluster_table",
     "design_matrix_png",
@@ -44,8 +48,13 @@ __all__ = [
     "first_level_mask",
     "group_map",
     "group_mask",
+    "group_roi_figure",
+    "group_roi_map",
+    "group_roi_responses",
     "parse_bids_name",
     "parse_name",
+    "roi_mask",
+    "roi_responses",
     "sidecar_of",
     "subject_label",
     "validate_choice",
@@ -64,6 +73,12 @@ GROUP_STAT_TYPES = ("t", "z", "p")
 #: Multiple-comparison corrections with a corrected map: adding one here names
 #: its map, sidecar and cluster table, and lets the loader and parser find them.
 CORRECTIONS = ("fdr", "fwe")
+#: Halves of a subject's runs (odd and even positions in its run list): the
+#: ``split`` entity of half-run maps and of the fROIs defined from them.
+SPLITS = ("odd", "even")
+#: Group-level maps of a region: its parcel and the share of subjects whose
+#: fROI holds each voxel.
+GROUP_ROI_KINDS = ("parcel", "probability")
 #: The order of entities in the BIDS input names built here (the specification's
 #: entity table); an entity not listed goes after these, in the order given.
 BIDS_ENTITY_ORDER = (
@@ -84,7 +99,10 @@ BIDS_ENTITY_ORDER = (
 
 _LABEL = re.compile(r"[A-Za-z0-9]+")
 _NIFTI_SUFFIX = ".nii.gz"
-_ENTITY = re.compile(r"(sub|ses|task|run|contrast|stat)-([A-Za-z0-9]+)")
+_ENTITY = re.compile(r"(sub|ses|task|run|split|roi|hemi|contrast|stat)-([A-Za-z0-9]+)")
+_GROUP_ROI = re.compile(
+    rf"_({'|'.join(GROUP_ROI_KINDS)})(\.nii\.gz|\.json)$|_(responses)(\.png)$"
+)
 _CORRECTED = re.compile(
     rf"_({'|'.join(CORRECTIONS)})-corrected(\.nii\.gz|\.json|_clusters\.tsv)$"
 )
@@ -161,12 +179,63 @@ def _subject_prefix(subject: str, task: str) -> str:
     return f"sub-{subject_label(subject)}_task-{validate_label(task, 'task')}"
 
 
-def first_level_map(subject: str, task: str, contrast: str, stat: str) -> PurePosixPath:
-    """Path of a first-level map, e.g. ``..._contrast-faceVsBaseline_stat-z.nii.gz``."""
+def _split_entity(split: str | None) -> str:
+    return "" if split is None else f"_split-{validate_choice(split, SPLITS, 'split')}"
+
+
+def first_level_map(
+    subject: str, task: str, contrast: str, stat: str, split: str | None = None
+) -> PurePosixPath:
+    """Path of a first-level map, e.g. ``..._contrast-faceVsBaseline_stat-z.nii.gz``.
+
+    ``split`` (``odd`` or ``even``) names a map estimated from that half of
+    the runs: ``..._task-experiment_split-odd_contrast-face_stat-effect.nii.gz``.
+    """
     validate_choice(stat, FIRST_LEVEL_STAT_TYPES, "stat_type")
     contrast = validate_label(contrast, "contrast")
-    name = f"{_subject_prefix(subject, task)}_contrast-{contrast}_stat-{stat}"
+    name = (
+        f"{_subject_prefix(subject, task)}{_split_entity(split)}"
+        f"_contrast-{contrast}_stat-{stat}"
+    )
     return first_level_dir(subject) / (name + _NIFTI_SUFFIX)
+
+
+def _roi_entities(roi: str, hemi: str) -> str:
+    roi = validate_label(roi, "roi")
+    return f"roi-{roi}_hemi-{validate_choice(hemi, ('L', 'R'), 'hemi')}"
+
+
+def roi_mask(
+    subject: str, task: str, roi: str, hemi: str, split: str | None = None
+) -> PurePosixPath:
+    """Path of a subject's fROI mask (from all runs, or from one ``split``)."""
+    name = (
+        f"{_subject_prefix(subject, task)}{_split_entity(split)}"
+        f"_{_roi_entities(roi, hemi)}_mask"
+    )
+    return first_level_dir(subject) / (name + _NIFTI_SUFFIX)
+
+
+def roi_responses(subject: str, task: str) -> PurePosixPath:
+    """Path of a subject's fROI response table (TSV)."""
+    name = f"{_subject_prefix(subject, task)}_roiresponses.tsv"
+    return first_level_dir(subject) / name
+
+
+def group_roi_map(roi: str, hemi: str, kind: str) -> PurePosixPath:
+    """Path of a region's group ``parcel`` or ``probability`` map."""
+    validate_choice(kind, GROUP_ROI_KINDS, "kind")
+    return GROUP_LEVEL_DIR / f"group_{_roi_entities(roi, hemi)}_{kind}{_NIFTI_SUFFIX}"
+
+
+def group_roi_figure(roi: str, hemi: str) -> PurePosixPath:
+    """Path of a region's response-profile bar plot (PNG)."""
+    return GROUP_LEVEL_DIR / f"group_{_roi_entities(roi, hemi)}_responses.png"
+
+
+def group_roi_responses() -> PurePosixPath:
+    """Path of the group table of fROI responses (TSV)."""
+    return GROUP_LEVEL_DIR / "group_roiresponses.tsv"
 
 
 def first_level_mask(subject: str, task: str) -> PurePosixPath:
@@ -220,15 +289,21 @@ def sidecar_of(path: PurePosixPath) -> PurePosixPath:
 def parse_name(filename: str) -> dict[str, str]:
     """Parse the entities of a derivative file name.
 
-    Returns a dict with the entities found (``sub``, ``task``, ``contrast``,
-    ``stat``), ``correction`` for corrected group maps, ``level`` (``"first"`` or
-    ``"group"``) and ``suffix`` (``"map"``, ``"design-matrix"``, ``"mask"``...).
+    Returns a dict with the entities found (``sub``, ``task``, ``split``,
+    ``roi``, ``hemi``, ``contrast``, ``stat``), ``correction`` for corrected
+    group maps, ``level`` (``"first"`` or ``"group"``) and ``suffix``
+    (``"map"``, ``"design-matrix"``, ``"mask"``, ``"roi"`` for an fROI mask,
+    ``"roiresponses"``, ``"parcel"``, ``"probability"``, ``"roi-figure"``...).
     An empty dict means the name is not one of ours.
 
     Examples
     --------
     >>> parse_name("group_contrast-faceVsScene_fwe-corrected.nii.gz")["correction"]
     'fwe'
+    >>> parse_name("sub-01_task-experiment_roi-FFA_hemi-R_mask.nii.gz")["suffix"]
+    'roi'
+    >>> parse_name("group_roi-PPA_hemi-L_parcel.nii.gz")["roi"]
+    'PPA'
     >>> parse_name("notes.txt")
     {}
     """
@@ -241,7 +316,14 @@ def parse_name(filename: str) -> dict[str, str]:
     else:
         return {}
     corrected = _CORRECTED.search(name)
-    if corrected:
+    group_roi = _GROUP_ROI.search(name) if "roi" in entities else None
+    if group_roi:
+        entities["suffix"] = group_roi.group(1) or "roi-figure"
+    elif name.endswith(("_roiresponses.tsv", "_roiresponses.json")):
+        entities["suffix"] = "roiresponses"
+    elif "roi" in entities and name.endswith(("_mask.nii.gz", "_mask.json")):
+        entities["suffix"] = "roi"
+    elif corrected:
         entities["correction"] = corrected.group(1)
         entities["suffix"] = (
             "clusters" if corrected.group(2) == "_clusters.tsv" else "map"

@@ -42,6 +42,7 @@ from laion_fmri_dataloader.layout import validate_label
 __all__ = [
     "CANONICAL_ROIS",
     "DEFAULT_ROI_CONTRASTS",
+    "DEFAULT_ROI_SIZE",
     "HEMISPHERES",
     "NAMING_RADIUS_MM",
     "CanonicalRoi",
@@ -297,6 +298,10 @@ class RoiSize:
         return f"z>{self.value:g}"
 
 
+#: The top 10 % of a parcel's voxels (as in Julian et al. 2012).
+DEFAULT_ROI_SIZE = RoiSize("percent", 10.0)
+
+
 def parse_roi_size(text: str) -> RoiSize:
     """Parse ``--roi-size``: ``10%``, ``50`` (voxels) or ``z>3.1``.
 
@@ -308,17 +313,20 @@ def parse_roi_size(text: str) -> RoiSize:
     """
     compact = str(text).strip()
     z_rule = _Z_RULE.fullmatch(compact)
+    if z_rule:
+        kind, number = "z", z_rule.group(1)
+    elif compact.endswith("%"):
+        kind, number = "percent", compact[:-1]
+    else:
+        kind, number = "count", compact
     try:
-        if z_rule:
-            return RoiSize("z", float(z_rule.group(1)))
-        if compact.endswith("%"):
-            return RoiSize("percent", float(compact[:-1]))
-        return RoiSize("count", float(compact))
+        value = float(number)
     except ValueError:
         raise InvalidParameterError(
             f"--roi-size {text!r} is not a percentage (10%), a voxel count (50) "
             "or a z threshold (z>3.1)"
         ) from None
+    return RoiSize(kind, value)
 
 
 def name_parcels(

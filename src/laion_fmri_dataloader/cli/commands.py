@@ -21,6 +21,7 @@ from laion_fmri_dataloader.pipeline.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from laion_fmri_dataloader.pipeline.participant import FirstLevelConfig
+    from laion_fmri_dataloader.pipeline.roi import RoiConfig
 
 __all__ = [
     "config_from_args",
@@ -29,6 +30,7 @@ __all__ = [
     "info",
     "parse_condition_map",
     "parse_selection",
+    "roi_config_from_args",
     "run_glm_command",
     "scheduler_from_args",
     "simulate",
@@ -104,6 +106,8 @@ def info(args: argparse.Namespace) -> int:
                 missing.append(f"group {contrast} {correction}-corrected")
     if not group_contrasts:
         missing.append("group level (run `laion-fmri-glm glm ... group`)")
+    regions = [f"{roi}-{hemi}" for roi, hemi in dataset.rois()]
+    print(f"fROIs: {len(regions)} regions ({', '.join(regions) or 'none'})")
     print("missing: " + ("nothing" if not missing else f"{len(missing)}"))
     for item in missing:
         print(f"  {item}")
@@ -183,7 +187,7 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def glm(args: argparse.Namespace) -> int:
-    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group,roi}``."""
     return run_glm_command(args)
 
 
@@ -298,6 +302,35 @@ def _check_fwhm(value: float | None, option: str) -> None:
         raise InvalidParameterError(f"{option} must be >= 0 mm; got {value}")
 
 
+def roi_config_from_args(args: argparse.Namespace) -> RoiConfig:
+    """The roi-level configuration of a ``laion-fmri-glm glm ... roi`` line."""
+    from laion_fmri_dataloader.pipeline.roi import RoiConfig
+    from laion_fmri_dataloader.rois import (
+        DEFAULT_ROI_CONTRASTS,
+        parse_roi_contrast,
+        parse_roi_size,
+    )
+
+    contrasts = dict(DEFAULT_ROI_CONTRASTS)
+    for text in args.roi_contrast:
+        parsed = parse_roi_contrast(text)
+        contrasts[parsed.category] = parsed
+    return RoiConfig(
+        output_dir=Path(args.output_dir),
+        task=args.task,
+        subjects=tuple(subject_label(s) for s in args.participant_label or ()),
+        contrasts=tuple(contrasts.values()),
+        size=parse_roi_size(args.roi_size),
+        p_threshold=args.parcel_p_threshold,
+        smoothing_fwhm=args.parcel_fwhm,
+        min_overlap=args.parcel_min_overlap,
+        min_subject_fraction=args.parcel_min_subjects,
+        min_parcel_voxels=args.parcel_min_voxels,
+        parcels_file=Path(args.parcels) if args.parcels else None,
+        parcel_labels_file=Path(args.parcel_labels) if args.parcel_labels else None,
+    )
+
+
 def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
     """The one :class:`Scheduler` of a command line's ``--scheduler`` options."""
     return Scheduler.parse(
@@ -312,7 +345,7 @@ def scheduler_from_args(args: argparse.Namespace) -> Scheduler:
 
 
 def run_glm_command(args: argparse.Namespace) -> int:
-    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    """``laion-fmri-glm glm BIDS_DIR OUTPUT_DIR {participant,group,roi}``."""
     if is_remote(args.output_dir):
         from laion_fmri_dataloader.io.upload import staged_output
 
@@ -321,6 +354,8 @@ def run_glm_command(args: argparse.Namespace) -> int:
         # to skip the complete ones (unchanged files are not uploaded again).
         if args.analysis_level == "group":
             fetch = ("first_level",)
+        elif args.analysis_level == "roi":
+            fetch = ("first_level", "group_level")
         elif args.force:
             fetch = ()
         elif args.participant_label:
@@ -343,6 +378,16 @@ def run_glm_command(args: argparse.Namespace) -> int:
         summarise_participants,
     )
 
+    if args.analysis_level == "roi":
+        from laion_fmri_dataloader.pipeline.roi import run_roi
+
+        run_roi(roi_config_from_args(args))
+        if args.reports:
+            from laion_fmri_dataloader.report import write_reports
+
+            index = write_reports(Path(args.output_dir), task=args.task)[-1]
+            log.info("reports: %s", index)
+        return 0
     scheduler = scheduler_from_args(args)
     if args.analysis_level == "participant":
         config = config_from_args(args)

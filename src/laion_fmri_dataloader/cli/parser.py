@@ -20,7 +20,7 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
         "output_dir",
         help="where the GLM derivatives go, usually BIDS_DIR/derivatives/glm",
     )
-    parser.add_argument("analysis_level", choices=["participant", "group"])
+    parser.add_argument("analysis_level", choices=["participant", "group", "roi"])
     parser.add_argument(
         "--participant-label",
         nargs="+",
@@ -153,6 +153,73 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
         dest="reports",
         action="store_false",
         help="do not write the HTML reports (OUTPUT_DIR/reports) after the group level",
+    )
+    roi = parser.add_argument_group(
+        "roi level (group-constrained subject-specific fROIs)"
+    )
+    roi.add_argument(
+        "--roi-contrast",
+        action="append",
+        default=[],
+        metavar="NAME=CONTRAST",
+        help="defining contrast of a category (repeatable; adds or replaces): "
+        "default face=faceVsObject, scene=sceneVsObject, object=objectVsBaseline; "
+        "NAME=-CONTRAST selects z < 0",
+    )
+    roi.add_argument(
+        "--roi-size",
+        default="10%",
+        metavar="SIZE",
+        help="a subject's fROI in a parcel: top PERCENT%% of its voxels by z "
+        "(default 10%%), a voxel COUNT, or z>THRESHOLD",
+    )
+    roi.add_argument(
+        "--parcel-p-threshold",
+        type=float,
+        default=0.001,
+        metavar="P",
+        help="one-sided voxel threshold of each subject's map (default 0.001)",
+    )
+    roi.add_argument(
+        "--parcel-fwhm",
+        type=float,
+        default=8.0,
+        metavar="MM",
+        help="smoothing of the subjects' overlap map, mm (default 8)",
+    )
+    roi.add_argument(
+        "--parcel-min-overlap",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="smallest smoothed overlap in a parcel, share of subjects (default 0.1)",
+    )
+    roi.add_argument(
+        "--parcel-min-subjects",
+        type=float,
+        default=0.6,
+        metavar="SHARE",
+        help="share of subjects with supra-threshold voxels a parcel needs "
+        "(default 0.6)",
+    )
+    roi.add_argument(
+        "--parcel-min-voxels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="smallest parcel kept, voxels (default 0)",
+    )
+    roi.add_argument(
+        "--parcels",
+        default=None,
+        metavar="FILE",
+        help="given parcels (integer labels on the maps' grid) instead of GSS ones",
+    )
+    roi.add_argument(
+        "--parcel-labels",
+        default=None,
+        metavar="FILE.tsv",
+        help="their labels: columns index, name [, hemi, category]",
     )
     scale = parser.add_argument_group("scheduling")
     scale.add_argument(

@@ -183,7 +183,12 @@ def _contrasts_of(root: Path, subject: str, task: str) -> set[str]:
     names = (
         layout.parse_name(path.name) for path in folder.glob("*_stat-effect.nii.gz")
     )
-    return {n["contrast"] for n in names if n.get("task") == task and "contrast" in n}
+    # half-run maps (split-odd, split-even) are the roi level's, not contrasts
+    return {
+        n["contrast"]
+        for n in names
+        if n.get("task") == task and "contrast" in n and "split" not in n
+    }
 
 
 def read_group_inputs(config: GroupConfig) -> GroupInputs:

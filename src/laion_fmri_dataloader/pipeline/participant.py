@@ -57,6 +57,11 @@ from laion_fmri_dataloader.io.files import (
     write_json,
 )
 from laion_fmri_dataloader.pipeline.design_figure import plot_designs
+from laion_fmri_dataloader.pipeline.halves import (
+    HALF_CONTRAST_STAT,
+    condition_contrasts,
+    half_maps,
+)
 from laion_fmri_dataloader.provenance import outputs_complete
 from laion_fmri_dataloader.sidecar import (
     DatasetDescription,
@@ -247,6 +252,7 @@ class _SubjectFit:
     reference: nib.Nifti1Image
     fingerprint: str
     warnings: list[str]
+    halves: list = field(default_factory=list)
 
 
 def masked_timeseries(bold: nib.Nifti1Image, mask: np.ndarray) -> np.ndarray:
@@ -260,20 +266,29 @@ def masked_timeseries(bold: nib.Nifti1Image, mask: np.ndarray) -> np.ndarray:
     return np.asarray(by_time[:, columns], dtype=np.float32)
 
 
-def _expected_maps(config: FirstLevelConfig, subject: str) -> list:
-    return [
+def _expected_maps(config: FirstLevelConfig, subject: str, n_runs: int) -> list:
+    maps = [
         layout.first_level_map(subject, config.task, name, stat)
         for name in config.contrasts
         for stat in layout.FIRST_LEVEL_STAT_TYPES
     ]
+    if n_runs >= 2:
+        maps += [
+            layout.first_level_map(subject, config.task, name, HALF_CONTRAST_STAT, half)
+            for name in config.contrasts
+            for half in layout.SPLITS
+        ]
+    return maps
 
 
-def _is_complete(config: FirstLevelConfig, subject: str, expected: str) -> bool:
+def _is_complete(
+    config: FirstLevelConfig, subject: str, expected: str, n_runs: int
+) -> bool:
     root = Path(config.output_dir)
     if not (root / layout.design_matrix_png(subject, config.task)).is_file():
         return False
     outputs = [
-        *_expected_maps(config, subject),
+        *_expected_maps(config, subject, n_runs),
         layout.first_level_mask(subject, config.task),
     ]
     return outputs_complete(root, outputs, expected)
@@ -481,7 +496,7 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         config.parameters(), [path for run in runs for path in run.files]
     )
     _remove_stale_temporaries(Path(config.output_dir) / layout.first_level_dir(label))
-    if not config.force and _is_complete(config, label, fingerprint):
+    if not config.force and _is_complete(config, label, fingerprint, len(runs)):
         log.info("sub-%s: outputs complete and up to date, skipped", label)
         return SubjectResult(f"sub-{label}", "skipped", len(runs))
     mask, reference = _intersect_masks(runs)
@@ -554,6 +569,17 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
             "no 'baseline' trial type: contrasts against baseline use the "
             "implicit baseline"
         )
+    # with two runs or more, each condition's effect is fitted too, for the
+    # half-run maps the roi level measures response profiles on
+    conditions = (
+        condition_contrasts(
+            [*designs.conditions, *extras],
+            [list(run.design.columns) for run in prepared],
+            list(config.contrasts),
+        )
+        if len(prepared) >= 2
+        else {}
+    )
     per_run: list[dict[str, ContrastResult]] = []
     for index, run in enumerate(prepared, start=1):
         columns = list(run.design.columns)
@@ -561,7 +587,7 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
             name: contrast_vector(
                 contrast, columns, implicit_baseline=designs.implicit_baseline
             )
-            for name, contrast in config.contrasts.items()
+            for name, contrast in {**config.contrasts, **conditions}.items()
         }
         log.info(
             "sub-%s: fitting %s (%d of %d)",
@@ -612,8 +638,9 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
     final_mask[mask] = ~degenerate
     for warning in warnings:
         log.warning("sub-%s: %s", label, warning)
+    halves = half_maps(label, config.task, per_run, list(config.contrasts), conditions)
     return _SubjectFit(
-        designs, combined, mask, final_mask, reference, fingerprint, warnings
+        designs, combined, mask, final_mask, reference, fingerprint, warnings, halves
     )
 
 
@@ -693,6 +720,28 @@ def _write_subject(
                 }
             )
             sidecars.append((sidecar, root / layout.sidecar_of(relative)))
+    for relative, result, name, stat, positions in fit.halves:
+        values = np.where(keep, getattr(result, stat), 0)
+        image = nib.Nifti1Image(
+            _volume(values, fit.fit_mask), fit.reference.affine, header
+        )
+        image.header.set_xyzt_units("mm", "sec")
+        maps.append((image, root / relative))
+        contrast = config.contrasts.get(name) or Contrast(
+            name, f"{name} response", {name: 1.0}
+        )
+        sidecar = base.model_copy(
+            update={
+                "StatType": stat,
+                "Units": units[stat],
+                "DegreesOfFreedom": result.dof,
+                "Runs": [base.Runs[i] for i in positions],
+                "Contrasts": {
+                    name: contrast_info(contrast, all_conditions or list(CONDITIONS))
+                },
+            }
+        )
+        sidecars.append((sidecar, root / layout.sidecar_of(relative)))
     mask_path = layout.first_level_mask(label, config.task)
     # The maps' header (the BOLD's qform and sform codes, mm and s), so that
     # tools that compare headers take mask and maps for one space.

@@ -576,7 +576,9 @@ def _read_subject(root: Path, label: str, task: str) -> _Subject:
     folder = root / layout.first_level_dir(label)
     names = [layout.parse_name(path.name) for path in folder.glob("*_stat-z.nii.gz")]
     contrasts = order_contrast_names(
-        n["contrast"] for n in names if n.get("task") == task and "contrast" in n
+        n["contrast"]
+        for n in names
+        if n.get("task") == task and "contrast" in n and "split" not in n
     )
     if not contrasts:
         raise NotFoundError(
@@ -1297,9 +1299,38 @@ def _group_html(
         [
             _section("Results at a glance", _group_summary(root) + calibration),
             *blocks,
+            *_roi_sections(root),
             _section("Analysis", summary, anchor="analysis"),
         ],
     )
+
+
+def _roi_sections(root: Path) -> list[str]:
+    """The roi level's profile bar plots and reliability, if it has run."""
+    table_path = root / layout.group_roi_responses()
+    if not table_path.is_file():
+        return []
+    table = pd.read_csv(table_path, sep="\t", na_values="n/a")
+    figures = []
+    for (roi, hemi), rows in table.groupby(["roi", "hemi"], sort=False):
+        png = root / layout.group_roi_figure(roi, hemi)
+        if png.is_file():
+            figures.append(
+                f"<figure>{_image(_png_uri(png.read_bytes()), f'{roi} {hemi}')}"
+                f"<figcaption>{_text(roi)}-{_text(hemi)} "
+                f"({_text(rows['contrast'].iloc[0])}): split-half Dice "
+                f"{_number(rows['dice_mean'].iloc[0], 2)}, "
+                f"{_number(rows['n_voxels_mean'].iloc[0], 1)} voxels per subject"
+                "</figcaption></figure>"
+            )
+    note = (
+        "<p>Group-constrained subject-specific fROIs: each bar is the mean over "
+        "subjects of the percent signal change measured in the half of the runs "
+        "that did not define the fROI (odd-run fROI in even runs and the reverse, "
+        "averaged); error bars are the SEM, dots the subjects. Dice compares the "
+        "fROIs defined from the odd and from the even runs.</p>"
+    )
+    return [_section("Functional ROIs", note + "".join(figures), anchor="rois")]
 
 
 def _group_contrast_html(
