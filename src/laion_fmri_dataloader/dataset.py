@@ -38,6 +38,9 @@ from laion_fmri_dataloader.sidecar import (
     changed_inputs,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["PYBIDS_CONFIG", "FirstLevelState", "LAIONfMRIDataset", "pybids_layout"]
 
 #: pybids configuration of our entities (``contrast``, ``stat``, ``correction``,
@@ -85,9 +88,6 @@ class FirstLevelState:
             return "unchecked"
         return "ok"
 
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 __all__ = ["LAIONfMRIDataset"]
 
@@ -550,69 +550,6 @@ class LAIONfMRIDataset:
             + (", ".join(self.tasks(subject)) or "none"),
         )
 
-
-def pybids_layout(path: str | os.PathLike, **options):
-    """A pybids ``BIDSLayout`` of GLM derivatives, our sidecars attached.
-
-    ``BIDSLayout(path, config=["bids", "derivatives", PYBIDS_CONFIG],
-    validate=False)`` finds our maps by ``subject``, ``task``, ``contrast``,
-    ``stat``, ``correction`` and ``level`` (``first`` or ``group``), e.g.
-    ``layout.get(contrast="faceVsScene", stat="z")``.  pybids attaches a JSON
-    sidecar to a file by the BIDS suffix of both names, which the documented
-    names (``..._stat-z.nii.gz``, ``..._fdr-corrected.nii.gz``) do not have;
-    so this also gives each map its own sidecar, where ``get_metadata`` finds
-    it.  Masks carry a suffix (``_mask``) and get theirs from pybids itself.
-
-    Parameters
-    ----------
-    path : path-like
-        The GLM derivative folder (``<data_dir>/derivatives/glm``).
-    **options
-        Further arguments of ``BIDSLayout``.
-
-    Returns
-    -------
-    bids.BIDSLayout
-
-    Raises
-    ------
-    ImportError
-        If pybids is not installed (``pip install pybids``).
-    """
-    from bids import BIDSLayout
-
-    # pybids' own way of storing a sidecar's keys (bids.layout.index); pybids
-    # has no public call for it.
-    from bids.layout.models import Entity, Tag, _create_tag_dict
-
-    options.setdefault("validate", False)
-    bids_layout = BIDSLayout(
-        path, config=["bids", "derivatives", PYBIDS_CONFIG], **options
-    )
-    session = bids_layout.session
-    entities = {entity.name: entity for entity in session.query(Entity)}
-    rows = []
-    for bids_file in bids_layout.get(extension=".nii.gz"):
-        if not layout.parse_name(bids_file.filename) or bids_file.get_metadata():
-            continue
-        sidecar = Path(bids_file.path).with_name(
-            layout.sidecar_of(PurePosixPath(bids_file.filename)).name
-        )
-        if not sidecar.is_file():
-            continue
-        for key, value in json.loads(sidecar.read_text(encoding="utf-8")).items():
-            if value is None:
-                continue
-            if key not in entities:
-                entities[key] = Entity(key)
-                session.add(entities[key])
-            rows.append(
-                _create_tag_dict(bids_file, entities[key], value, is_metadata=True)
-            )
-    session.bulk_insert_mappings(Tag, rows)
-    session.commit()
-    return bids_layout
-
     def rois(self, subject: str | None = None) -> list[tuple[str, str]]:
         """Regions with fROIs, as ``(roi, hemi)`` pairs, sorted.
 
@@ -736,3 +673,66 @@ def pybids_layout(path: str | os.PathLike, **options):
                 "`laion-fmri-glm glm BIDS_DIR DATA_DIR/derivatives/glm roi`"
             )
         return pd.concat(tables, ignore_index=True)
+
+
+def pybids_layout(path: str | os.PathLike, **options):
+    """A pybids ``BIDSLayout`` of GLM derivatives, our sidecars attached.
+
+    ``BIDSLayout(path, config=["bids", "derivatives", PYBIDS_CONFIG],
+    validate=False)`` finds our maps by ``subject``, ``task``, ``contrast``,
+    ``stat``, ``correction`` and ``level`` (``first`` or ``group``), e.g.
+    ``layout.get(contrast="faceVsScene", stat="z")``.  pybids attaches a JSON
+    sidecar to a file by the BIDS suffix of both names, which the documented
+    names (``..._stat-z.nii.gz``, ``..._fdr-corrected.nii.gz``) do not have;
+    so this also gives each map its own sidecar, where ``get_metadata`` finds
+    it.  Masks carry a suffix (``_mask``) and get theirs from pybids itself.
+
+    Parameters
+    ----------
+    path : path-like
+        The GLM derivative folder (``<data_dir>/derivatives/glm``).
+    **options
+        Further arguments of ``BIDSLayout``.
+
+    Returns
+    -------
+    bids.BIDSLayout
+
+    Raises
+    ------
+    ImportError
+        If pybids is not installed (``pip install pybids``).
+    """
+    from bids import BIDSLayout
+
+    # pybids' own way of storing a sidecar's keys (bids.layout.index); pybids
+    # has no public call for it.
+    from bids.layout.models import Entity, Tag, _create_tag_dict
+
+    options.setdefault("validate", False)
+    bids_layout = BIDSLayout(
+        path, config=["bids", "derivatives", PYBIDS_CONFIG], **options
+    )
+    session = bids_layout.session
+    entities = {entity.name: entity for entity in session.query(Entity)}
+    rows = []
+    for bids_file in bids_layout.get(extension=".nii.gz"):
+        if not layout.parse_name(bids_file.filename) or bids_file.get_metadata():
+            continue
+        sidecar = Path(bids_file.path).with_name(
+            layout.sidecar_of(PurePosixPath(bids_file.filename)).name
+        )
+        if not sidecar.is_file():
+            continue
+        for key, value in json.loads(sidecar.read_text(encoding="utf-8")).items():
+            if value is None:
+                continue
+            if key not in entities:
+                entities[key] = Entity(key)
+                session.add(entities[key])
+            rows.append(
+                _create_tag_dict(bids_file, entities[key], value, is_metadata=True)
+            )
+    session.bulk_insert_mappings(Tag, rows)
+    session.commit()
+    return bids_layout
