@@ -5,8 +5,8 @@ A subject with at least two runs gets, for each half of its runs (``odd`` and
 in order), the z map of every contrast (to define fROIs from one half) and the
 effect map of every condition (a contrast of weight 1 on the condition alone,
 in percent signal change, to measure response profiles in the other half).
-The runs are fitted one by one anyway, so a half is one more fixed-effects
-combination of fits that exist; nothing is fitted twice.
+The runs are fitted one by one anyway, so a half is one more combination
+(as the all-runs maps combine them) of fits that exist; nothing is fitted twice.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from pathlib import PurePosixPath
 from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.contrasts import Contrast
 from laion_fmri_dataloader.errors import InvalidLabelError
-from laion_fmri_dataloader.stats.engine import ContrastResult, fixed_effects
+from laion_fmri_dataloader.stats.engine import (
+    ContrastResult,
+    RunCombination,
+    combine_runs,
+)
 
 __all__ = [
     "HALF_CONDITION_STAT",
@@ -88,6 +92,7 @@ def half_maps(
     per_run: Sequence[Mapping[str, ContrastResult]],
     contrasts: Sequence[str],
     conditions: Sequence[str],
+    combination: RunCombination = "mean",
 ) -> list[tuple[PurePosixPath, ContrastResult, str, str, list[int]]]:
     """The half-run maps of a subject: ``(path, result, name, stat, runs)``.
 
@@ -99,6 +104,8 @@ def half_maps(
         Each run's fit, by contrast or condition name.
     contrasts, conditions : sequence of str
         Names whose z map (contrasts) or effect map (conditions) is written.
+    combination : {'mean', 'precision'}
+        How a half's runs are combined, as the all-runs maps are.
 
     Returns
     -------
@@ -113,7 +120,11 @@ def half_maps(
         ):
             for name in names:
                 results = [per_run[i][name] for i in positions]
-                combined = results[0] if len(results) == 1 else fixed_effects(results)
+                combined = (
+                    results[0]
+                    if len(results) == 1
+                    else combine_runs(results, combination)
+                )
                 path = layout.first_level_map(subject, task, name, stat, split=split)
                 maps.append((path, combined, name, stat, positions))
     return maps

@@ -638,7 +638,14 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
     final_mask[mask] = ~degenerate
     for warning in warnings:
         log.warning("sub-%s: %s", label, warning)
-    halves = half_maps(label, config.task, per_run, list(config.contrasts), conditions)
+    halves = half_maps(
+        label,
+        config.task,
+        per_run,
+        list(config.contrasts),
+        conditions,
+        config.run_combination,
+    )
     return _SubjectFit(
         designs, combined, mask, final_mask, reference, fingerprint, warnings, halves
     )

@@ -63,7 +63,7 @@ from laion_fmri_dataloader.rois import (
     canonical_entry,
     name_parcels,
 )
-from laion_fmri_dataloader.sidecar import software_versions
+from laion_fmri_dataloader.sidecar import dependency_versions, software
 from laion_fmri_dataloader.stats.froi import (
     dice,
     held_out_responses,
@@ -554,7 +554,8 @@ def _roi_sidecar(config, inputs, base: dict, **update) -> dict:
     return {
         **base,
         **update,
-        "Software": [s.model_dump() for s in software_versions()],
+        "Software": software().model_dump(),
+        "Dependencies": dependency_versions(),
         "Parameters": config.parameters(),
     }
 
@@ -621,7 +622,7 @@ def _write_outputs(config, inputs: _Inputs, results: Sequence[_RegionResult]):
                 config,
                 inputs,
                 base,
-                AnalysisLevel="group",
+                AnalysisLevel="group_level",
                 StatType="parcel",
                 Subjects=subjects,
                 Parcel=region.info,
@@ -656,7 +657,7 @@ def _write_outputs(config, inputs: _Inputs, results: Sequence[_RegionResult]):
                         config,
                         inputs,
                         base,
-                        AnalysisLevel="first",
+                        AnalysisLevel="first_level",
                         StatType="roi",
                         Subject=f"sub-{subject.label}",
                         Task=config.task,
@@ -678,7 +679,7 @@ def _write_outputs(config, inputs: _Inputs, results: Sequence[_RegionResult]):
                 config,
                 inputs,
                 base,
-                AnalysisLevel="group",
+                AnalysisLevel="group_level",
                 StatType="probability",
                 Units="share of subjects whose fROI (all runs) holds the voxel",
                 Subjects=subjects,
