@@ -270,7 +270,12 @@ def test_pybids_finds_maps_and_their_sidecars(group_dataset):
     plain = bids.BIDSLayout(
         glm, config=["bids", "derivatives", PYBIDS_CONFIG], validate=False
     )
-    found = plain.get(contrast="faceVsScene", stat="z", extension=".nii.gz")
+    found = plain.get(
+        contrast="faceVsScene",
+        stat="z",
+        split=bids.layout.Query.NONE,
+        extension=".nii.gz",
+    )
     expected = {
         str(glm / layout.group_map("faceVsScene", "z")),
         *(
@@ -282,6 +287,11 @@ def test_pybids_finds_maps_and_their_sidecars(group_dataset):
         ),
     }
     assert {f.path for f in found} == expected
+    odd = plain.get(contrast="faceVsScene", stat="z", split="odd", extension=".nii.gz")
+    assert {f.filename for f in odd} == {
+        f"sub-{i:02d}_task-experiment_split-odd_contrast-faceVsScene_stat-z.nii.gz"
+        for i in range(1, 7)
+    }
     assert [
         f.path
         for f in plain.get(
@@ -319,12 +329,21 @@ def test_pybids_finds_maps_and_their_sidecars(group_dataset):
     assert metadata["Model"] == expected_sidecar["Model"]
     assert metadata["Subjects"] == expected_sidecar["Subjects"]
     (subject_z,) = with_sidecars.get(
-        subject="01", contrast="faceVsScene", stat="z", extension=".nii.gz"
+        subject="01",
+        contrast="faceVsScene",
+        stat="z",
+        split=bids.layout.Query.NONE,
+        extension=".nii.gz",
     )
     assert with_sidecars.get_metadata(subject_z.path)["Subject"] == "sub-01"
     (corrected,) = with_sidecars.get(
         contrast="faceVsScene", correction="fwe", extension=".nii.gz"
     )
     assert "ZThreshold" in with_sidecars.get_metadata(corrected.path)["Correction"]
-    (mask,) = with_sidecars.get(subject="01", suffix="mask", extension=".nii.gz")
+    # fROI masks share the suffix; pick the brain mask by its name
+    (mask,) = (
+        found
+        for found in with_sidecars.get(subject="01", suffix="mask", extension=".nii.gz")
+        if found.filename == layout.first_level_mask("01", "experiment").name
+    )
     assert with_sidecars.get_metadata(mask.path)["StatType"] == "mask"
