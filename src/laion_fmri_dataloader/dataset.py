@@ -31,7 +31,7 @@ from laion_fmri_dataloader import layout
 from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import CorruptFileError, NotFoundError, did_you_mean
 from laion_fmri_dataloader.io.files import load_image
-from laion_fmri_dataloader.io.storage import LocalStore, Store, open_store
+from laion_fmri_dataloader.io.storage import LocalStore, Store, is_remote, open_store
 from laion_fmri_dataloader.sidecar import (
     DatasetDescription,
     MapSidecar,
@@ -92,6 +92,29 @@ class FirstLevelState:
 __all__ = ["LAIONfMRIDataset"]
 
 
+def _holding_dataset(
+    glm_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None,
+    storage_options: dict | None,
+) -> Store | None:
+    """The dataset two levels above a GLM folder (``<dataset>/derivatives/glm``).
+
+    A local folder's is its grandparent; a URL's only if it ends with
+    ``derivatives/glm``, since a bucket may hold the GLM folder alone.
+    """
+    location = os.fspath(glm_dir)
+    if not is_remote(location):
+        return open_store(Path(location).expanduser().parent.parent)
+    suffix = f"/{layout.DERIVATIVE_SUBDIR}"
+    if not location.rstrip("/").endswith(suffix):
+        return None
+    return open_store(
+        location.rstrip("/").removesuffix(suffix),
+        cache_dir=cache_dir,
+        storage_options=storage_options,
+    )
+
+
 def _is_map(entities: dict[str, str]) -> bool:
     """A map of all runs, not a sidecar, table or half-run map: what listings hold."""
     return (
@@ -144,12 +167,16 @@ class LAIONfMRIDataset:
         dataset_store = open_store(
             data_dir, cache_dir=cache_dir, storage_options=storage_options
         )
+        self._open_options = (cache_dir, storage_options)
+        # The dataset that holds derivatives/glm (None: found when needed).
+        self._dataset_store: Store | None = dataset_store
         if dataset_store.exists(layout.DERIVATIVE_SUBDIR):
             self._store: Store = dataset_store.child(layout.DERIVATIVE_SUBDIR)
         elif dataset_store.exists(layout.FIRST_LEVEL_DIR) or dataset_store.exists(
             layout.GROUP_LEVEL_DIR
         ):
             self._store = dataset_store
+            self._dataset_store = None
         else:
             raise NotFoundError(
                 f"{dataset_store.describe()} holds no GLM derivatives (no "
@@ -548,6 +575,145 @@ class LAIONfMRIDataset:
             layout.design_matrix_png(label, task),
             f"no design-matrix figure for sub-{label} task-{task}; tasks: "
             + (", ".join(self.tasks(subject)) or "none"),
+        )
+
+    def load_mask(
+        self, subject: str | None = None, task: str = "experiment"
+    ) -> nib.Nifti1Image:
+        """The brain mask of a subject's first level, or the group mask if None.
+
+        Raises
+        ------
+        NotFoundError
+            If the mask was not written.
+        """
+        if subject is None:
+            relative = layout.group_mask()
+        else:
+            relative = layout.first_level_mask(self._subject(subject), task)
+        path = self._require(
+            relative, f"no brain mask {self._store.describe(relative)}"
+        )
+        return load_image(path, what="mask")
+
+    def load_cluster_table(self, contrast: str, correction: str) -> pd.DataFrame:
+        """The cluster table of a corrected group map, as written.
+
+        Parameters
+        ----------
+        contrast : str
+            Contrast name.
+        correction : {'fdr', 'fwe'}
+            The correction of the map.
+
+        Returns
+        -------
+        pandas.DataFrame
+            nilearn's columns (``Cluster ID``, peak ``X``, ``Y``, ``Z`` in mm,
+            ``Peak Stat``, ``Cluster Size (mm3)``) and ``Cluster Size
+            (voxels)``; sub-peak rows have an empty size (``""``), as in
+            :func:`nilearn.reporting.get_clusters_table`.
+
+        Raises
+        ------
+        NotFoundError
+            If the corrected map has no cluster table.
+        """
+        layout.validate_choice(correction, layout.CORRECTIONS, "correction")
+        relative = layout.cluster_table(contrast, correction)
+        path = self._require(
+            relative,
+            f"no {correction}-corrected cluster table for contrast '{contrast}' "
+            f"({self._store.describe(relative)})",
+        )
+        return pd.read_csv(path, sep="\t", keep_default_na=False)
+
+    @cached_property
+    def _input_stores(self) -> list[Store]:
+        """Where the inputs named in the sidecars may be, likeliest first.
+
+        Sidecars name runs relative to the BIDS root: the raw dataset of a
+        local dataset (:attr:`source_dir`), then the dataset that holds
+        ``derivatives/glm`` (local or remote).
+        """
+        stores: list[Store] = []
+        if self.source_dir is not None:
+            stores.append(LocalStore(self.source_dir))
+        holding = self._dataset_store or _holding_dataset(
+            self.data_dir, *self._open_options
+        )
+        if holding is not None:
+            stores.append(holding)
+        return stores
+
+    def _input(self, name: str) -> tuple[Store | None, PurePosixPath]:
+        path = PurePosixPath(name)
+        if path.is_absolute():
+            return LocalStore(path.parent), PurePosixPath(path.name)
+        stores = self._input_stores
+        for store in stores:
+            if store.exists(path.parent):
+                return store, path
+        return (stores[-1] if stores else None), path
+
+    def input_location(self, name: str) -> str:
+        """Where an input of the analysis is, or would be: a path or URL.
+
+        Parameters
+        ----------
+        name : str
+            A file as the sidecars' ``Runs`` name it: relative to the BIDS
+            dataset the GLM was fitted on, or absolute.  It is looked for in
+            the raw dataset of a local dataset (:attr:`source_dir`), then in
+            the dataset that holds ``derivatives/glm`` (local or remote).
+        """
+        store, relative = self._input(name)
+        return name if store is None else store.describe(relative)
+
+    def find_input(self, name: str) -> Path | None:
+        """Local path of an input of the analysis (fetched if remote), or None.
+
+        Parameters
+        ----------
+        name : str
+            As for :meth:`input_location`.
+
+        Returns
+        -------
+        Path or None
+            None if the file is not there (or is a link to content that is
+            not, as in a git-annex dataset whose file was not fetched).
+        """
+        store, relative = self._input(name)
+        if store is None or not store.exists(relative):
+            return None
+        try:
+            return store.local_path(relative)
+        except NotFoundError:
+            return None
+
+    def last_modified(self, subject: str | None = None) -> int | None:
+        """When a subject's first-level files (or the group's) last changed.
+
+        Returns
+        -------
+        int or None
+            Nanoseconds since the epoch (0 if the folder holds no file); None
+            for a remote dataset, whose times are not compared.
+        """
+        if not isinstance(self._store, LocalStore):
+            return None
+        folder = (
+            layout.GROUP_LEVEL_DIR
+            if subject is None
+            else layout.first_level_dir(self._subject(subject))
+        )
+        paths = [
+            self._store.local_path(folder / name)
+            for name in self._store.listdir(folder)
+        ]
+        return max(
+            (path.stat().st_mtime_ns for path in paths if path.is_file()), default=0
         )
 
     def rois(self, subject: str | None = None) -> list[tuple[str, str]]:
