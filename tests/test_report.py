@@ -19,19 +19,22 @@ import pandas as pd
 import pytest
 
 from laion_fmri_dataloader import layout
+from laion_fmri_dataloader.inputs.confounds import (
+    HIGH_MOTION_FD_MM,
+    confounds_names,
+    motion_summary,
+)
 from laion_fmri_dataloader.pipeline.scheduler import IN_PROCESS
 from laion_fmri_dataloader.report import (
     HEADLESS_CHROMIUM_FLAGS,
-    HIGH_MOTION_FD_MM,
     NULL_CALIBRATION_NOTE,
-    compare_with_truth,
-    motion_summary,
     report_path,
     write_index,
     write_reports,
     write_subject_report,
 )
 from laion_fmri_dataloader.sidecar import MapSidecar
+from laion_fmri_dataloader.simulate.scoring import compare_with_truth
 
 TASK = "experiment"
 
@@ -82,6 +85,14 @@ def test_motion_summary_is_none_without_usable_values(tmp_path, content):
     if content is not None:
         path.write_text(content)
     assert motion_summary(path) is None
+
+
+def test_confounds_names_follow_the_bold_entities():
+    bold = "sub-01_ses-2_task-x_run-3_space-MNI_res-2_desc-preproc_bold.nii.gz"
+    assert confounds_names(bold) == [
+        "sub-01_ses-2_task-x_run-3_desc-confounds_timeseries.tsv",
+        "sub-01_ses-2_task-x_run-3_desc-confounds_regressors.tsv",
+    ]
 
 
 # ---------------------------------------------------------------------------
