@@ -95,6 +95,29 @@ def test_confounds_names_follow_the_bold_entities():
     ]
 
 
+def _z_map(voxels: list[tuple[int, int, int]], value: float = 5.0) -> nib.Nifti1Image:
+    """A z map on an 8 mm grid that reaches beyond the brain, non-zero at ``voxels``."""
+    data = np.zeros((31, 37, 31), dtype=np.float32)
+    for voxel in voxels:
+        data[voxel] = value
+    affine = np.diag([8.0, 8.0, 8.0, 1.0])
+    affine[:3, 3] = [-120.0, -156.0, -108.0]
+    return nib.Nifti1Image(data, affine)
+
+
+def test_a_glass_brain_does_not_depend_on_the_maps_drawn_before():
+    from laion_fmri_dataloader.report.figures import GlassBrains
+
+    near = _z_map([(15, 18, 15), (16, 18, 15), (14, 20, 17)])
+    # a voxel far outside the brain outline widens nilearn's views
+    far = _z_map([(0, 0, 0), (30, 36, 30)], value=-6.0)
+    shared = GlassBrains()
+    first = shared.render(near, "near", 3.1)
+    shared.render(far, "far", 3.1)
+    assert shared.render(near, "near", 3.1) == first
+    assert GlassBrains().render(near, "near", 3.1) == first
+
+
 # ---------------------------------------------------------------------------
 # Reports of a simulated dataset
 

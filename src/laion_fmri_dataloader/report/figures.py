@@ -61,8 +61,9 @@ class GlassBrains:
 
     nilearn draws the brain outline from hundreds of patches per view, which
     is most of a figure's cost; a report draws many maps, so the outline is
-    drawn once and each map is added, saved and taken off again (the PNG is
-    the same as a figure of its own).
+    drawn once and each map is added, saved and taken off again.  The views'
+    limits are put back too, so the PNG is the same as a figure of its own
+    whatever was drawn before.
     """
 
     def __init__(self) -> None:
@@ -78,7 +79,14 @@ class GlassBrains:
             figure=self.figure,
             axes=(0.0, 0.0, 0.9, 0.9),
         )
-        self._axes = [view.ax for view in self.display.axes.values()]
+        self._views = list(self.display.axes.values())
+        self._axes = [view.ax for view in self._views]
+        # nilearn widens a view to the union of the extents of everything it
+        # has drawn (its ``_object_bounds``), so without this a map would be
+        # drawn smaller after a map that reached further out.
+        self._outline = [
+            (list(view._object_bounds), view.ax.axis()) for view in self._views
+        ]
 
     def render(
         self, image: nib.Nifti1Image, title: str, threshold: float | None
@@ -142,6 +150,9 @@ class GlassBrains:
                 artist.remove()
         for artist in added:
             artist.remove()
+        for view, (bounds, limits) in zip(self._views, self._outline, strict=True):
+            view._object_bounds[:] = bounds
+            view.ax.axis(limits)
         return uri
 
 
