@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import select
 import shutil
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -358,177 +354,62 @@ def test_rerun_skips_reports_that_are_up_to_date(reports):
 # Rendering in a real browser
 
 
-_CHROMIUM_FLAGS = (*HEADLESS_CHROMIUM_FLAGS, "--remote-debugging-pipe")
+# Debian's Chromium: Playwright drives it, and never downloads a browser.
+_CHROMIUM = "/usr/bin/chromium"
+_IMAGES_JS = (
+    "Array.from(document.images).map("
+    "i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth}))"
+)
 
 
-class _Chromium:
-    """Headless Chromium driven through the DevTools protocol over a pipe.
-
-    ``--remote-debugging-pipe`` makes Chromium read commands on fd 3 and write
-    replies on fd 4 (JSON, NUL-terminated), so no driver package, network port
-    or browser download is needed.
-    """
-
-    def __init__(self, binary: str, profile: Path) -> None:
-        commands_read, self._commands = os.pipe()
-        self._replies, replies_write = os.pipe()
-
-        def _wire_fds() -> None:
-            # Runs in the child before exec: copies the pipe ends to fds 3 and
-            # 4 (dup2 makes them inheritable); every other descriptor of this
-            # process is close-on-exec, as Python opens them.  The first dup
-            # takes the lowest free descriptor, so neither copy is overwritten.
-            commands, replies = os.dup(commands_read), os.dup(replies_write)
-            os.dup2(commands, 3)
-            os.dup2(replies, 4)
-
-        self.process = subprocess.Popen(
-            [binary, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=False,
-            preexec_fn=_wire_fds,
-        )
-        os.close(commands_read)
-        os.close(replies_write)
-        self._buffer = b""
-        self._next_id = 0
-        self.events: list[dict] = []
-
-    def _receive(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([self._replies], [], [], max(remaining, 0))
-            if not ready:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._replies, 1 << 20)
-            if not chunk:
-                raise RuntimeError("Chromium closed the DevTools pipe")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, session: str | None = None, **params) -> dict:
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        os.write(self._commands, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + 60
-        while True:
-            reply = self._receive(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait_for(self, method: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            if any(event.get("method") == method for event in self.events):
-                return next(e for e in self.events if e.get("method") == method)
-            self.events.append(self._receive(deadline))
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close")
-        except (RuntimeError, TimeoutError, OSError):
-            pass
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        os.close(self._commands)
-        os.close(self._replies)
-
-
-def _chromium_binary() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _render(browser: _Chromium, page: Path, screenshot: Path) -> dict:
-    """Load ``page``; return its console errors, requests and images."""
-    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-    session = browser.call("Target.attachToTarget", targetId=target, flatten=True)[
-        "sessionId"
-    ]
-    for domain in ("Page", "Runtime", "Log", "Network"):
-        browser.call(f"{domain}.enable", session)
-    browser.call(
-        "Emulation.setDeviceMetricsOverride",
-        session,
-        width=1200,
-        height=900,
-        deviceScaleFactor=1,
-        mobile=False,
+def _render(page, path: Path, screenshot: Path) -> dict:
+    """Load ``path``; return its console errors, requests and images."""
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if message.type in ("error", "assert") else None
+        ),
     )
-    browser.events.clear()
-    browser.call("Page.navigate", session, url=page.as_uri())
-    browser.wait_for("Page.loadEventFired")
-    images = json.loads(
-        browser.call(
-            "Runtime.evaluate",
-            session,
-            expression="JSON.stringify(Array.from(document.images).map("
-            "i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth})))",
-            returnByValue=True,
-        )["result"]["value"]
-    )
-    png = browser.call("Page.captureScreenshot", session, format="png")["data"]
-    screenshot.write_bytes(base64.b64decode(png))
-    errors = [
-        event["params"]
-        for event in browser.events
-        if (
-            event.get("method") == "Runtime.consoleAPICalled"
-            and event["params"].get("type") in ("error", "assert")
-        )
-        or event.get("method") == "Runtime.exceptionThrown"
-        or (
-            event.get("method") == "Log.entryAdded"
-            and event["params"]["entry"].get("level") == "error"
-        )
-    ]
-    requests = [
-        event["params"]["request"]["url"]
-        for event in browser.events
-        if event.get("method") == "Network.requestWillBeSent"
-    ]
-    browser.call("Target.closeTarget", targetId=target)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(path.as_uri(), wait_until="load")
+    images = page.evaluate(_IMAGES_JS)
+    page.screenshot(path=screenshot)
     return {"errors": errors, "requests": requests, "images": images}
 
 
 @pytest.mark.slow
 def test_reports_render_in_chromium_with_every_image(reports, tmp_path):
-    binary = _chromium_binary()
-    if binary is None:
-        pytest.skip("no Chromium binary on PATH (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(_CHROMIUM).is_file():
+        pytest.skip(f"no {_CHROMIUM} (apt-get install -y chromium)")
     _, paths = reports
-    browser = _Chromium(binary, tmp_path / "profile")
-    try:
-        for path in paths:
-            shot = tmp_path / f"{path.stem}.png"
-            rendered = _render(browser, path, shot)
-            assert rendered["errors"] == [], path.name
-            # the page itself; images are data URIs, nothing else is fetched
-            assert all(
-                url == path.as_uri() or url.startswith("data:")
-                for url in rendered["requests"]
-            ), rendered["requests"]
-            assert rendered["images"] or path.name == "index.html"
-            for image in rendered["images"]:
-                assert image["complete"] and image["width"] > 0, image["alt"]
-            assert shot.read_bytes().startswith(b"\x89PNG")
-            assert shot.stat().st_size > 5_000
-    finally:
-        browser.close()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=_CHROMIUM, args=list(HEADLESS_CHROMIUM_FLAGS)
+        )
+        try:
+            for path in paths:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                shot = tmp_path / f"{path.stem}.png"
+                rendered = _render(page, path, shot)
+                page.close()
+                assert rendered["errors"] == [], path.name
+                # the page itself; images are data URIs, nothing else is fetched
+                assert all(
+                    url == path.as_uri() or url.startswith("data:")
+                    for url in rendered["requests"]
+                ), rendered["requests"]
+                assert rendered["images"] or path.name == "index.html"
+                for image in rendered["images"]:
+                    assert image["complete"] and image["width"] > 0, image["alt"]
+                assert shot.read_bytes().startswith(b"\x89PNG")
+                assert shot.stat().st_size > 5_000
+        finally:
+            browser.close()
 
 
 # ---------------------------------------------------------------------------
