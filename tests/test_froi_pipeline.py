@@ -126,6 +126,20 @@ def test_info_lists_the_rois(roi_dataset, capsys):
     assert "FFA-R" in capsys.readouterr().out
 
 
+def test_group_report_shows_the_profiles(roi_dataset):
+    from laion_fmri_dataloader.report import write_group_report
+
+    glm = roi_dataset / "derivatives" / "glm"
+    page = write_group_report(glm, output_dir=glm / "reports").read_text()
+    section = page[page.index('id="rois"') :]
+    table = pd.read_csv(glm / layout.group_roi_responses(), sep="\t")
+    for roi, hemi in table[["roi", "hemi"]].drop_duplicates().itertuples(index=False):
+        assert f"{roi}-{hemi} (" in section
+    assert section.count("data:image/png;base64,") >= len(
+        table[["roi", "hemi"]].drop_duplicates()
+    )
+
+
 def test_roi_level_is_deterministic(roi_dataset, tmp_path):
     glm = roi_dataset / "derivatives" / "glm"
     before = (glm / layout.group_roi_responses()).read_bytes()

@@ -619,6 +619,8 @@ class LAIONfMRIDataset:
         NotFoundError
             If the corrected map has no cluster table.
         """
+        import pandas as pd
+
         layout.validate_choice(correction, layout.CORRECTIONS, "correction")
         relative = layout.cluster_table(contrast, correction)
         path = self._require(
@@ -839,6 +841,25 @@ class LAIONfMRIDataset:
                 "`laion-fmri-glm glm BIDS_DIR DATA_DIR/derivatives/glm roi`"
             )
         return pd.concat(tables, ignore_index=True)
+
+    def load_group_roi_responses(self) -> pd.DataFrame | None:
+        """The group table of fROI responses (mean, SEM, n, Dice), or None.
+
+        None when the roi level has not run.
+        """
+        import pandas as pd
+
+        relative = layout.group_roi_responses()
+        if not self._store.exists(relative):
+            return None
+        return pd.read_csv(self._store.local_path(relative), sep="\t", na_values="n/a")
+
+    def load_roi_figure(self, roi: str, hemi: str) -> Path | None:
+        """Path of a region's response-profile bar plot (PNG), or None."""
+        relative = layout.group_roi_figure(roi, hemi)
+        return (
+            self._store.local_path(relative) if self._store.exists(relative) else None
+        )
 
 
 def pybids_layout(path: str | os.PathLike, **options):

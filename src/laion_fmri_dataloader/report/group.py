@@ -18,7 +18,12 @@ from laion_fmri_dataloader.report.clusters import (
     ClusterTable,
     written_clusters,
 )
-from laion_fmri_dataloader.report.figures import Figure, GlassBrains, glass_brains
+from laion_fmri_dataloader.report.figures import (
+    Figure,
+    GlassBrains,
+    glass_brains,
+    png_uri,
+)
 from laion_fmri_dataloader.report.model import (
     ContrastDescription,
     contrast_description,
@@ -31,7 +36,7 @@ from laion_fmri_dataloader.report.paths import (
     report_path,
     reports_folder,
 )
-from laion_fmri_dataloader.report.templates import Link, get_template
+from laion_fmri_dataloader.report.templates import Link, format_number, get_template
 from laion_fmri_dataloader.report.truth import TruthRow, newest_truth_file, truth_rows
 from laion_fmri_dataloader.simulate.scoring import STRONG_EFFECT_SHARE
 
@@ -83,6 +88,14 @@ class _Correction:
     note: str | None
     clusters: ClusterTable | None
     cluster_file: str
+
+
+@dataclass(frozen=True)
+class _RoiFigure:
+    """A region's held-out response profile, as the roi level drew it."""
+
+    figure: Figure
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,27 @@ def write_group_report(
     return path
 
 
+def _roi_figures(dataset: LAIONfMRIDataset) -> list[_RoiFigure] | None:
+    """The roi level's profile bar plots and reliability; None if it has not run."""
+    table = dataset.load_group_roi_responses()
+    if table is None:
+        return None
+    figures = []
+    for (roi, hemi), rows in table.groupby(["roi", "hemi"], sort=False):
+        png = dataset.load_roi_figure(roi, hemi)
+        if png is None:
+            continue
+        caption = (
+            f"{roi}-{hemi} ({rows['contrast'].iloc[0]}): split-half Dice "
+            f"{format_number(rows['dice_mean'].iloc[0], 2)}, "
+            f"{format_number(rows['n_voxels_mean'].iloc[0], 1)} voxels per subject"
+        )
+        figures.append(
+            _RoiFigure(Figure(png_uri(png.read_bytes()), f"{roi} {hemi}"), caption)
+        )
+    return figures
+
+
 def _group_html(
     dataset: LAIONfMRIDataset, contrasts: list[str], task: str, truth_dir: Path | None
 ) -> str:
@@ -321,5 +355,6 @@ def _group_html(
         truth_dir=truth_known,
         contrasts=blocks,
         strong_effect_share=STRONG_EFFECT_SHARE,
+        rois=_roi_figures(dataset),
         analysis=analysis,
     )
