@@ -12,8 +12,10 @@ small :class:`~laion_fmri_dataloader.pipeline.participant.SubjectResult` travel
 through the scheduler, and each worker thread holds one subject at a time.  When
 a worker dies, the scheduler reruns its task elsewhere; outputs are written
 atomically and deterministically, so the rerun gives the bytes an undisturbed
-run gives.  A subject whose outputs are complete is skipped by the first level
-itself, which makes an interrupted run resumable by running it again.
+run gives.  A result is released as soon as it reaches the client, so that a
+worker dying later never takes a finished subject with it.  A subject whose
+outputs are complete is skipped by the first level itself, which makes an
+interrupted run resumable by running it again.
 
 :func:`permutation_function` gives the group level its sign-flip test:
 :func:`distributed_sign_flip`, which computes the chunks of a sign-flip permutation test
@@ -458,8 +460,10 @@ def _result_of(future, subject: str) -> SubjectResult:
         return SubjectResult(
             subject,
             "failed",
-            message=f"the worker fitting {subject} died {allowed + 1} time(s) "
-            "(out of memory? give workers more with --memory-per-worker)",
+            message=f"the worker fitting {subject} died {allowed + 1} time(s): it "
+            "ran out of memory (the log then says 'exceeded ... memory budget'; "
+            "give workers more with --memory-per-worker) or crashed in compiled "
+            "code (please report it, with the log)",
         )
     except Exception as error:
         summary = "".join(
@@ -549,6 +553,10 @@ def map_subjects(
             for future in completed:
                 subject = futures.pop(future)
                 results[subject] = _result_of(future, subject)
+                # The result is here: let the scheduler forget it.  Held (the
+                # loop holds the last future while it waits for the next), it
+                # would be recomputed when the worker that has it dies.
+                future.release()
                 for record_level, message in results[subject].log_records:
                     log.log(record_level, "%s", message)
                 report(results[subject])
