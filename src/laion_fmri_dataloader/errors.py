@@ -9,6 +9,8 @@ turns any :class:`LaionFmriError` into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from collections.abc import Iterable
 
 __all__ = [
@@ -18,8 +20,10 @@ __all__ = [
     "InvalidParameterError",
     "LaionFmriError",
     "NotFoundError",
+    "OutputError",
     "RemoteError",
     "did_you_mean",
+    "os_error_message",
 ]
 
 
@@ -49,6 +53,44 @@ class CorruptFileError(InputError):
 
 class RemoteError(LaionFmriError, OSError):
     """A remote object store could not be read or written."""
+
+
+class OutputError(LaionFmriError, OSError):
+    """An output could not be written (disk full, read-only, permission denied).
+
+    The message names the path and the cause; ``errno`` is the cause's.
+    """
+
+
+# What to do about the errors of the file system a user can fix.
+_ADVICE = {
+    errno.ENOSPC: "free space on that disk or choose another output folder",
+    errno.EDQUOT: "free space within your quota or choose another output folder",
+    errno.EROFS: "the file system is read-only: choose another output folder",
+    errno.EACCES: "give this user write permission there or choose another output "
+    "folder",
+    errno.EPERM: "give this user write permission there or choose another output "
+    "folder",
+}
+
+
+def os_error_message(
+    error: OSError, path: str | os.PathLike | None = None, *, action: str = "write"
+) -> str:
+    """One line naming the path, the cause and, for a write, what to do.
+
+    Examples
+    --------
+    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device"), "/o/m.json")
+    'cannot write /o/m.json: No space left on device [ENOSPC]; free space on that disk or choose another output folder'
+    """  # noqa: E501
+    path = error.filename if path is None else path
+    cause = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    code = errno.errorcode.get(error.errno) if error.errno else None
+    message = f"cannot {action} {os.fspath(path) if path is not None else 'a file'}"
+    message += f": {cause}" + (f" [{code}]" if code else "")
+    advice = _ADVICE.get(error.errno) if action == "write" else None
+    return f"{message}; {advice}" if advice else message
 
 
 def did_you_mean(asked: str, available: Iterable[str]) -> str:
