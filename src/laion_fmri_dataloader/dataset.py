@@ -333,6 +333,12 @@ class LAIONfMRIDataset:
             relative = layout.first_level_map(subject, task, contrast, stat_type)
         return self._store.exists(relative)
 
+    def has_mask(self, subject: str | None = None, task: str = "experiment") -> bool:
+        """Whether a subject's first-level mask (or the group mask) exists."""
+        if subject is None:
+            return self._store.exists(layout.group_mask())
+        return self._store.exists(layout.first_level_mask(subject, task))
+
     def _locate(self, subject, task, contrast, stat_type, correction) -> PurePosixPath:
         """Relative path of an existing map, or a NotFoundError listing what exists."""
         if subject is None:

@@ -44,13 +44,16 @@ __all__ = [
     "cluster_table",
     "design_matrix_png",
     "first_level_dir",
+    "first_level_manifest",
     "first_level_map",
     "first_level_mask",
+    "group_manifest",
     "group_map",
     "group_mask",
     "group_roi_figure",
     "group_roi_map",
     "group_roi_responses",
+    "lock_of",
     "parse_bids_name",
     "parse_name",
     "roi_mask",
@@ -274,6 +277,42 @@ def cluster_table(contrast: str, correction: str) -> PurePosixPath:
 def group_mask() -> PurePosixPath:
     """Path of the group mask (intersection of the subjects' masks)."""
     return GROUP_LEVEL_DIR / "group_mask.nii.gz"
+
+
+def first_level_manifest(subject: str, task: str) -> PurePosixPath:
+    """Path of the record of a subject's first-level outputs (their checksums).
+
+    Written last, it says the outputs are complete (see :mod:`.provenance`).
+
+    Examples
+    --------
+    >>> first_level_manifest("01", "experiment").name
+    'sub-01_task-experiment_outputs.json'
+    """
+    return first_level_dir(subject) / f"{_subject_prefix(subject, task)}_outputs.json"
+
+
+def group_manifest() -> PurePosixPath:
+    """Path of the record of the group level's outputs (their checksums)."""
+    return GROUP_LEVEL_DIR / "group_outputs.json"
+
+
+def lock_of(folder: PurePosixPath) -> PurePosixPath:
+    """Lock file of an output folder, hidden beside it (the top folder's inside).
+
+    Beside rather than inside, so that taking the lock creates nothing in a
+    subject's folder before its outputs are written.
+
+    Examples
+    --------
+    >>> lock_of(first_level_dir("01"))
+    PurePosixPath('first_level/.sub-01.lock')
+    >>> lock_of(PurePosixPath("."))
+    PurePosixPath('.lock')
+    """
+    if not folder.name:
+        return PurePosixPath(".lock")
+    return folder.parent / f".{folder.name}.lock"
 
 
 def sidecar_of(path: PurePosixPath) -> PurePosixPath:

@@ -72,6 +72,8 @@ def info(args: argparse.Namespace) -> int:
                 )
             print(f"    state: {_state_line(state)}")
             missing += [f"{subject} task-{task} {item}" for item in state.missing]
+            if not dataset.has_mask(subject, task):
+                missing.append(f"{subject} task-{task} mask")
     for task, by_subject in signatures.items():
         difference = signature_difference(by_subject)
         if difference is not None:
@@ -104,6 +106,8 @@ def info(args: argparse.Namespace) -> int:
         for correction in dataset.corrections():
             if correction not in dataset.corrections(contrast):
                 missing.append(f"group {contrast} {correction}-corrected")
+    if group_contrasts and not dataset.has_mask():
+        missing.append("group mask")
     if not group_contrasts:
         missing.append("group level (run `laion-fmri-glm glm ... group`)")
     regions = [f"{roi}-{hemi}" for roi, hemi in dataset.rois()]

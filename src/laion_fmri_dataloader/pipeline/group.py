@@ -8,7 +8,10 @@ survive), a cluster table beside each corrected map, and sidecars.
 
 FWE: sign-flip permutation of the max |t| when the subjects are enough for it to
 reach alpha (``--fwe auto``), otherwise Bonferroni, which the sidecar and the
-log state.  Everything is read and checked before anything is written.
+log state.  Everything is read and checked before anything is written; the
+group folder is written under its lock, as one unit with a manifest of
+checksums (:func:`~laion_fmri_dataloader.io.files.output_set`), the group mask
+and the cluster tables included.
 
 The group never mixes first levels: the subjects' sidecars must agree on the
 model, smoothing, run combination, space, confounds and contrast weights, or
@@ -38,12 +41,15 @@ from laion_fmri_dataloader.contrasts import order_contrast_names
 from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
 from laion_fmri_dataloader.inputs.bids import find_subjects
 from laion_fmri_dataloader.io.files import (
+    folder_lock,
     load_image,
+    output_set,
+    remove_stale_temporaries,
     save_image,
     write_json,
     write_text,
 )
-from laion_fmri_dataloader.provenance import outputs_complete
+from laion_fmri_dataloader.provenance import outputs_complete, read_manifest
 from laion_fmri_dataloader.sidecar import (
     ContrastInfo,
     CorrectionInfo,
@@ -477,8 +483,9 @@ def _fwe_method(config: GroupConfig, n_subjects: int) -> str:
     return method
 
 
-def _is_complete(root: Path, contrasts: list[str], expected: str) -> bool:
-    outputs = [
+def _group_outputs(contrasts: list[str]) -> list[str]:
+    """File names of every output of the group level."""
+    maps = [
         path
         for contrast in contrasts
         for path in (
@@ -486,7 +493,38 @@ def _is_complete(root: Path, contrasts: list[str], expected: str) -> bool:
             *(layout.group_map(contrast, correction=c) for c in layout.CORRECTIONS),
         )
     ]
-    return outputs_complete(root, outputs, expected)
+    tables = [
+        layout.cluster_table(contrast, correction)
+        for contrast in contrasts
+        for correction in layout.CORRECTIONS
+    ]
+    paths = [*maps, *map(layout.sidecar_of, maps), *tables, layout.group_mask()]
+    return [path.name for path in paths]
+
+
+def _is_complete(root: Path, contrasts: list[str], expected: str) -> bool:
+    return outputs_complete(
+        root / layout.GROUP_LEVEL_DIR,
+        layout.group_manifest().name,
+        _group_outputs(contrasts),
+        expected,
+    )
+
+
+def _check_first_levels_finished(root: Path, subjects: list[str], task: str) -> None:
+    """Refuse subjects whose first level was interrupted (or is being written).
+
+    Their manifest is then incomplete, and their maps may be of two runs.
+    """
+    for subject in subjects:
+        relative = layout.first_level_manifest(subject, task)
+        manifest = read_manifest(root / relative)
+        if manifest is not None and not manifest.Complete:
+            raise InputError(
+                f"the first level of {subject} is incomplete ({relative} lists "
+                "outputs not written yet): a participant run was interrupted or "
+                "is still running; rerun the participant level for it first"
+            )
 
 
 def _survivor_threshold(z: np.ndarray, survive: np.ndarray) -> float | None:
@@ -530,12 +568,28 @@ def run_group(
     """
     inputs = read_group_inputs(config)
     root = Path(config.output_dir)
-    n_subjects = len(inputs.subjects)
-    method = _fwe_method(config, n_subjects)
+    _check_first_levels_finished(root, inputs.subjects, config.task)
+    method = _fwe_method(config, len(inputs.subjects))
     fingerprint = provenance.fingerprint(config.parameters(), inputs.files)
-    if not config.force and _is_complete(root, inputs.contrasts, fingerprint):
-        log.info("group level: outputs complete and up to date, skipped")
-        return []
+    with folder_lock(
+        root / layout.lock_of(layout.GROUP_LEVEL_DIR), what="the group level"
+    ):
+        remove_stale_temporaries(root / layout.GROUP_LEVEL_DIR)
+        if not config.force and _is_complete(root, inputs.contrasts, fingerprint):
+            log.info("group level: outputs complete and up to date, skipped")
+            return []
+        with output_set(
+            root / layout.GROUP_LEVEL_DIR,
+            layout.group_manifest().name,
+            _group_outputs(inputs.contrasts),
+            fingerprint,
+        ):
+            return _fit_and_write(config, inputs, method, fingerprint, sign_flip)
+
+
+def _fit_and_write(config, inputs, method, fingerprint, sign_flip) -> list[Path]:
+    root = Path(config.output_dir)
+    n_subjects = len(inputs.subjects)
     sidedness = "one-sided (effect > 0)" if config.one_sided else "two-sided"
     log.info(
         "group level: %d subjects (%s), %d contrasts, %d voxels in the group mask; "

@@ -1,9 +1,10 @@
 """The analysis levels as the command line and the demo run them.
 
-``participant`` runs one task per subject; a subject's failure on bad input is
-reported and does not stop the others; the exit code is 2 when any subject
-failed on bad input.  A rerun skips complete subjects.  ``group`` runs the
-group level with its sign flips where the scheduler says.
+``participant`` runs one task per subject; a subject's failure on bad input, or
+on an output it cannot write (a full disk, a folder it may not write), is
+reported and does not stop the others, whose outputs are untouched; the exit
+code is 2 when any subject failed so.  A rerun skips complete subjects.
+``group`` runs the group level with its sign flips where the scheduler says.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def select_subjects(
 
 
 def _run_one(config: FirstLevelConfig, subject: str) -> SubjectResult:
+    # LaionFmriError covers bad input and outputs that cannot be written
+    # (OutputError); anything else is a bug and is raised.
     try:
         return run_subject(config, subject)
     except LaionFmriError as error:
@@ -141,10 +144,13 @@ def run_group_level(
 def summarise_participants(results: Sequence[SubjectResult]) -> int:
     """Log what the participant level did; return its exit code.
 
+    0 when every subject is done or skipped, 2 when some failed on bad input
+    or on an output that cannot be written, 1 when a task hit a bug.
+
     Raises
     ------
     InputError
-        When the only subject asked for failed on bad input (its one line).
+        When the only subject asked for failed (its one line).
     """
     done = [r.subject for r in results if r.status == "done"]
     skipped = [r.subject for r in results if r.status == "skipped"]

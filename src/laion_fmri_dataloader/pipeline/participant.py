@@ -11,8 +11,10 @@ mask and design-matrix figure.
 
 Every input is checked before the first fit, so that bad input stops the
 subject with one clear :class:`~laion_fmri_dataloader.errors.InputError` and
-nothing is written.  A rerun skips a subject whose outputs are complete and
-were made from the same inputs with the same parameters.
+nothing is written.  A subject's folder is written under its lock, as one
+unit with a manifest of checksums (:func:`~laion_fmri_dataloader.io.files.
+output_set`); a rerun skips a subject whose manifest is complete, matches
+the files and was made from the same inputs with the same parameters.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import nibabel as nib
@@ -52,7 +54,11 @@ from laion_fmri_dataloader.inputs.events import check_trial_type_names, read_eve
 from laion_fmri_dataloader.inputs.timing import RunTiming, read_timing
 from laion_fmri_dataloader.io.files import (
     atomic_output,
+    check_input_file,
+    folder_lock,
     load_masked_series,
+    output_set,
+    remove_stale_temporaries,
     save_image,
     write_json,
 )
@@ -281,17 +287,33 @@ def _expected_maps(config: FirstLevelConfig, subject: str, n_runs: int) -> list:
     return maps
 
 
-def _is_complete(
-    config: FirstLevelConfig, subject: str, expected: str, n_runs: int
-) -> bool:
-    root = Path(config.output_dir)
-    if not (root / layout.design_matrix_png(subject, config.task)).is_file():
-        return False
-    outputs = [
+def _subject_outputs(config: FirstLevelConfig, subject: str, n_runs: int) -> list[str]:
+    """File names of the outputs every first level of the task writes.
+
+    Half-run maps of conditions come on top (their names depend on the
+    events); the manifest lists every file actually written.
+    """
+    images = [
         *_expected_maps(config, subject, n_runs),
         layout.first_level_mask(subject, config.task),
     ]
-    return outputs_complete(root, outputs, expected)
+    paths = [
+        *images,
+        *map(layout.sidecar_of, images),
+        layout.design_matrix_png(subject, config.task),
+    ]
+    return [path.name for path in paths]
+
+
+def _is_complete(
+    config: FirstLevelConfig, subject: str, expected: str, n_runs: int
+) -> bool:
+    return outputs_complete(
+        Path(config.output_dir) / layout.first_level_dir(subject),
+        layout.first_level_manifest(subject, config.task).name,
+        _subject_outputs(config, subject, n_runs),
+        expected,
+    )
 
 
 def _check_conditions(
@@ -442,10 +464,15 @@ def _design_figure_png(designs: _Designs, label: str, task: str) -> bytes:
     return buffer.getvalue()
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Delete what an interrupted run's atomic writes left (``.<name>.*.tmp*``)."""
-    for path in folder.glob(".*.tmp*"):
-        path.unlink(missing_ok=True)
+def _check_readable(runs: Sequence[RunInputs]) -> None:
+    """Check every input file before C code (nibabel, indexed_gzip) opens it."""
+    for run in runs:
+        check_input_file(run.bold, what="BOLD series")
+        check_input_file(run.mask, what="brain mask")
+        check_input_file(run.confounds, what="confounds file")
+        check_input_file(run.events, what="events file")
+        if run.bold_json is not None:
+            check_input_file(run.bold_json, what="BOLD sidecar")
 
 
 def _relative_to(path: Path, folder: Path) -> str:
@@ -481,6 +508,9 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
     ------
     InputError, NotFoundError
         On bad input, before anything of the subject is written.
+    OutputError
+        When an output cannot be written (disk full, ...); the subject's
+        partial outputs are removed.
     """
     label = layout.subject_label(subject)
     runs = find_runs(
@@ -492,13 +522,23 @@ def run_subject(config: FirstLevelConfig, subject: str) -> SubjectResult:
         desc=config.desc,
         selection=config.selection,
     )
+    _check_readable(runs)
     fingerprint = provenance.fingerprint(
         config.parameters(), [path for run in runs for path in run.files]
     )
-    _remove_stale_temporaries(Path(config.output_dir) / layout.first_level_dir(label))
-    if not config.force and _is_complete(config, label, fingerprint, len(runs)):
-        log.info("sub-%s: outputs complete and up to date, skipped", label)
-        return SubjectResult(f"sub-{label}", "skipped", len(runs))
+    root = Path(config.output_dir)
+    folder = layout.first_level_dir(label)
+    with folder_lock(root / layout.lock_of(folder), what=f"sub-{label}"):
+        remove_stale_temporaries(root / folder)
+        if not config.force and _is_complete(config, label, fingerprint, len(runs)):
+            log.info("sub-%s: outputs complete and up to date, skipped", label)
+            return SubjectResult(f"sub-{label}", "skipped", len(runs))
+        return _fit_and_write(config, label, runs, fingerprint)
+
+
+def _fit_and_write(
+    config: FirstLevelConfig, label: str, runs: list[RunInputs], fingerprint: str
+) -> SubjectResult:
     mask, reference = _intersect_masks(runs)
     # Decompressing the first run (zlib-ng, mostly without the GIL) takes most of
     # a subject's time; the designs and their figure (matplotlib, with the GIL)
@@ -654,7 +694,7 @@ def _fit_subject(config, label, designs, mask, reference, fingerprint, first_ser
 def _write_subject(
     config: FirstLevelConfig, label: str, fit: _SubjectFit, figure_png: Future
 ) -> None:
-    """Write maps, then the figure, then sidecars: a sidecar marks its map done."""
+    """Write maps, figure and sidecars; their manifest marks the subject done."""
     root = Path(config.output_dir)
     prepared, extras = fit.designs.runs, fit.designs.extras
     keep = fit.final_mask[fit.fit_mask]
@@ -764,15 +804,21 @@ def _write_subject(
             root / layout.sidecar_of(mask_path),
         )
     )
-    # two compressors at a time: zlib releases the GIL
-    with ThreadPoolExecutor(max_workers=2) as writers:
-        list(writers.map(lambda job: save_image(*job), maps))
-    with atomic_output(
-        root / layout.design_matrix_png(label, config.task)
-    ) as temporary:
-        temporary.write_bytes(figure_png.result())
-    for sidecar, path in sidecars:
-        write_json(sidecar, path)
+    figure_path = root / layout.design_matrix_png(label, config.task)
+    written = [path for _, path in maps + sidecars] + [figure_path]
+    with output_set(
+        root / layout.first_level_dir(label),
+        layout.first_level_manifest(label, config.task).name,
+        [path.name for path in written],
+        fit.fingerprint,
+    ):
+        # two compressors at a time: zlib releases the GIL
+        with ThreadPoolExecutor(max_workers=2) as writers:
+            list(writers.map(lambda job: save_image(*job), maps))
+        with atomic_output(figure_path) as temporary:
+            temporary.write_bytes(figure_png.result())
+        for sidecar, path in sidecars:
+            write_json(sidecar, path)
 
 
 def write_dataset_description(
@@ -784,6 +830,8 @@ def write_dataset_description(
     URL; ``""`` names none), else by its path relative to ``output_dir``
     (``../..`` for the usual ``BIDS_DIR/derivatives/glm``), so that the file
     stays true when the dataset is moved and tells nothing of the machine.
+    Written under the output folder's lock, which also removes what an
+    interrupted write of it left.
     """
     if source_dataset is None:
         source_dataset = Path(
@@ -804,4 +852,7 @@ def write_dataset_description(
         ],
         SourceDatasets=[{"URL": source_dataset}] if source_dataset else [],
     )
-    write_json(description, Path(output_dir) / "dataset_description.json")
+    root = Path(output_dir)
+    with folder_lock(root / layout.lock_of(PurePosixPath(".")), what=str(root)):
+        remove_stale_temporaries(root)
+        write_json(description, root / "dataset_description.json")

@@ -259,6 +259,10 @@ def _write_map(
     write_json(sidecar, root / layout.sidecar_of(relative))
 
 
+def _tree_mask() -> nib.Nifti1Image:
+    return nib.Nifti1Image(np.ones(TREE_SHAPE, np.uint8), TREE_AFFINE)
+
+
 def write_derivative_tree(
     data_dir: str | os.PathLike[str],
     subjects: Sequence[str] = ("01", "02"),
@@ -267,10 +271,11 @@ def write_derivative_tree(
 ) -> Path:
     """Write a small GLM derivative tree with the documented layout.
 
-    Every first-level map of the standard contrasts, a stand-in design-matrix
-    PNG (its signature only) per subject, and (with ``group``) every group map
-    and corrected map, on a 9 x 11 x 9 grid of 4 mm voxels, with valid sidecars;
-    the values are random (seed 0), not a fit.
+    Every first-level map of the standard contrasts, the mask, a stand-in
+    design-matrix PNG (its signature only) per subject, and (with ``group``)
+    every group map and corrected map and the group mask, on a 9 x 11 x 9 grid
+    of 4 mm voxels, with valid sidecars; the values are random (seed 0), not a
+    fit.
 
     Parameters
     ----------
@@ -312,7 +317,9 @@ def write_derivative_tree(
                 )
         png = root / layout.design_matrix_png(subject, task)
         png.write_bytes(b"\x89PNG\r\n\x1a\n")
+        save_image(_tree_mask(), root / layout.first_level_mask(subject, task))
     if group:
+        save_image(_tree_mask(), root / layout.group_mask())
         for name, contrast in STANDARD_CONTRASTS.items():
             z_map = rng.normal(size=TREE_SHAPE) * 2
             base = MapSidecar(
