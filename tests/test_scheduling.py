@@ -527,6 +527,11 @@ def fake_slurm(tmp_path, monkeypatch):
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("FAKE_SLURM_DIR", str(bin_dir))
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    # dask-jobqueue registers its defaults (jobqueue.slurm.*) when imported; a
+    # config.set entered before that would drop them all on exit, and a later
+    # SLURMCluster would fail with KeyError: 'interface'.
+    import dask_jobqueue  # noqa: F401
+
     with dask.config.set({"jobqueue.slurm.scheduler-options": {"host": "127.0.0.1"}}):
         yield bin_dir
     # scancel stopped every job: setsid made them orphans, so check by pid.
