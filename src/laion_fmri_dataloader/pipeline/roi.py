@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +49,7 @@ from laion_fmri_dataloader.errors import (
 )
 from laion_fmri_dataloader.io.files import (
     atomic_output,
+    folder_lock,
     load_image,
     save_image,
     write_json,
@@ -581,7 +583,22 @@ def run_roi(config: RoiConfig) -> RoiSummary:
         for region in regions
         if (result := _measure_region(config, inputs, region)) is not None
     ]
-    return _write_outputs(config, inputs, results)
+    root = Path(config.output_dir)
+    # The roi level writes into the group folder and every subject's: it holds
+    # their locks, group first and subjects in order, so that a participant or
+    # group run on the same folders waits instead of cleaning its temporaries.
+    with ExitStack() as locks:
+        locks.enter_context(
+            folder_lock(
+                root / layout.lock_of(layout.GROUP_LEVEL_DIR), what="the group level"
+            )
+        )
+        for subject in sorted(inputs.subjects, key=lambda s: s.label):
+            folder = layout.first_level_dir(subject.label)
+            locks.enter_context(
+                folder_lock(root / layout.lock_of(folder), what=f"sub-{subject.label}")
+            )
+        return _write_outputs(config, inputs, results)
 
 
 def _write_outputs(config, inputs: _Inputs, results: Sequence[_RegionResult]):
