@@ -63,3 +63,26 @@ def group_dataset(tmp_path_factory):
         n_volumes=90,
         seed=5,
     )
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto behind the proxy, with a derivative tree uploaded by upload_tree.
+
+    Module-scoped: each test module that uses it gets its own server.
+    """
+    from _s3 import running_s3  # moto is imported only by the tests that use it
+
+    with running_s3(tmp_path_factory) as server:
+        yield server
+
+
+@pytest.fixture
+def cache(s3, tmp_path, monkeypatch):
+    """A fresh cache root per test, and a proxy without faults or records."""
+    from laion_fmri_dataloader.io.cache import CACHE_ENV
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    s3.proxy.reset()
+    return folder

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import fsspec
 import pytest
 
-from _s3 import BUCKET, GLM_URL, URL, running_s3, same_image
+from _s3 import BUCKET, GLM_URL, URL, same_image
 from laion_fmri_dataloader import cli
 from laion_fmri_dataloader.dataset import LAIONfMRIDataset
 from laion_fmri_dataloader.errors import (
@@ -26,28 +26,11 @@ from laion_fmri_dataloader.errors import (
     NotFoundError,
     RemoteError,
 )
-from laion_fmri_dataloader.io.cache import CACHE_ENV
 from laion_fmri_dataloader.io.remote import RemoteStore, _filesystem_options
 from laion_fmri_dataloader.io.retry import RETRY_DELAY_ENV, RetryPolicy
 from laion_fmri_dataloader.io.upload import staged_output, upload_tree
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto behind the proxy, with a derivative tree uploaded by upload_tree."""
-    with running_s3(tmp_path_factory) as server:
-        yield server
-
-
-@pytest.fixture
-def cache(s3, tmp_path, monkeypatch):
-    """A fresh cache root per test, and a proxy without faults or records."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(folder))
-    s3.proxy.reset()
-    return folder
 
 
 def test_every_loader_method_matches_the_local_folder(s3, cache):

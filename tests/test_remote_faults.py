@@ -26,12 +26,11 @@ from _s3 import (
     URL,
     FaultyProxy,
     endpoint_folder,
-    running_s3,
     same_image,
 )
 from laion_fmri_dataloader.dataset import LAIONfMRIDataset
 from laion_fmri_dataloader.errors import CorruptFileError, RemoteError
-from laion_fmri_dataloader.io.cache import CACHE_ENV, _lock
+from laion_fmri_dataloader.io.cache import _lock
 from laion_fmri_dataloader.io.remote import RemoteStore
 from laion_fmri_dataloader.io.upload import staged_output, upload_tree
 
@@ -39,21 +38,6 @@ pytestmark = pytest.mark.timeout(120)
 
 Z_MAP = "sub-01_task-experiment_contrast-faceVsBaseline_stat-z.nii.gz"
 T_MAP = "sub-01_task-experiment_contrast-faceVsBaseline_stat-t.nii.gz"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with running_s3(tmp_path_factory) as server:
-        yield server
-
-
-@pytest.fixture
-def cache(s3, tmp_path, monkeypatch):
-    """A fresh cache root per test, and a proxy without faults or records."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV, str(folder))
-    s3.proxy.reset()
-    return folder
 
 
 def _glm_cache(cache: Path, s3) -> Path:

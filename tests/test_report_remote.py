@@ -23,7 +23,6 @@ from laion_fmri_dataloader.report import (
 )
 
 # test_remote's fixtures: moto behind the counting proxy, a fresh cache per test.
-from test_remote import cache, s3  # noqa: F401
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -56,8 +55,8 @@ def _glm_and_confounds(source: Path, target: Path) -> Path:
 
 @pytest.mark.slow
 def test_reports_from_a_bucket_match_those_of_the_local_copy(
-    s3,  # noqa: F811
-    cache,  # noqa: F811
+    s3,
+    cache,
     group_dataset,
     tmp_path,
 ):
@@ -92,6 +91,6 @@ def test_reports_from_a_bucket_match_those_of_the_local_copy(
     assert all(request.status == 200 for request in confounds)
 
 
-def test_reports_of_a_bucket_need_a_local_folder(s3, cache):  # noqa: F811
+def test_reports_of_a_bucket_need_a_local_folder(s3, cache):
     with pytest.raises(InvalidParameterError, match="name a local folder"):
         write_reports(f"s3://{BUCKET}/fmri/{layout.DERIVATIVE_SUBDIR}")
