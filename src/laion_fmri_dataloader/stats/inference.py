@@ -8,7 +8,11 @@ Three corrections of the voxel-wise one-sample t test
 - family-wise error by Bonferroni (:func:`bonferroni_mask`), the conservative
   alternative;
 - family-wise error by sign-flip permutation of the max statistic
-  (:func:`sign_flip_max_t`; Nichols & Holmes 2002, nilearn's ``permuted_ols``).
+  (:func:`sign_flip_max_t`; Nichols & Holmes 2002, nilearn's ``permuted_ols``):
+  of ``|t|`` (voxel-wise), and, from the same flips, of TFCE
+  (:mod:`laion_fmri_dataloader.stats.tfce`) and of the cluster size above a
+  cluster-forming threshold (:mod:`laion_fmri_dataloader.stats.clusters`) when a
+  :class:`SpatialInference` says so.
 
 Conventions shared by all of them: a voxel survives when its p-value is ``<=`` the
 cutoff (``p_fwe <= alpha``, ``p <= fdr_threshold``, ``p <= alpha / m``), and ``m`` is
@@ -17,9 +21,12 @@ the number of p-values passed in, so pass only the voxels inside the group mask.
 The permutation test is split into chunks of sign flips so that workers can compute
 chunks anywhere and in any order: the flips of chunk ``k`` depend only on
 ``(seed, k, chunk_size)`` (:func:`flips_for_chunk`), a worker turns them into the
-maximum statistic of each permutation (:func:`sign_flip_chunk`), and the client puts
-the maxima in chunk order and reduces them (:func:`fwe_from_max_t`).
-:func:`sign_flip_max_t` does all three in one process.
+maximum statistics of each permutation (:func:`sign_flip_maxima`; max |t| alone:
+:func:`sign_flip_chunk`), and the client puts the maxima in chunk order
+(:meth:`Maxima.concatenate`) and reduces them (:func:`permutation_result`). Every
+permutation's maxima depend only on its flips, never on the chunk it is computed
+in, so the result is the same bit for bit whatever the number of workers.
+:func:`sign_flip_max_t` does all of it in one process.
 """
 
 from __future__ import annotations
@@ -29,17 +36,38 @@ import warnings
 from dataclasses import dataclass
 
 import nibabel as nib
+import numba
 import numpy as np
 import pandas as pd
 
 from laion_fmri_dataloader._system import map_threads
 from laion_fmri_dataloader.errors import InvalidParameterError
+from laion_fmri_dataloader.stats.clusters import (
+    Clusters,
+    Connectivity,
+    _cluster_workspace,
+    _max_size,
+    cluster_forming_threshold,
+    label_clusters,
+    voxel_neighbours,
+)
 from laion_fmri_dataloader.stats.second_level import one_sample_t
+from laion_fmri_dataloader.stats.tfce import (
+    TFCEParameters,
+    _tfce_map,
+    _tfce_workspace,
+    tfce,
+    tfce_thresholds,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "ClusterResult",
+    "Maxima",
     "PermutationResult",
     "SignFlipData",
+    "SpatialInference",
+    "TFCEResult",
     "bonferroni_mask",
     "check_permutation_test",
     "cluster_table",
@@ -55,6 +83,7 @@ __all__ = [
     "prepare_sign_flip",
     "sign_flip_chunk",
     "sign_flip_max_t",
+    "sign_flip_maxima",
 ]
 
 #: Sign flips per chunk: one (chunk_size x n_subjects) matrix product per voxel block.
@@ -64,6 +93,13 @@ DEFAULT_CHUNK_SIZE = 256
 # Voxels per matrix product: 256 x 4096 float32 sums (4 MiB) stay in cache for the
 # max/min passes that follow; measured fastest among 4096..65536 on 230k voxels.
 _VOXEL_BLOCK = 4096
+
+# TFCE as nilearn and FSL compute it (E = 0.5, H = 2, dh = max / 100).
+_NILEARN_TFCE = TFCEParameters()
+
+# Sign flips whose t maps are made together for TFCE and clusters: the normalised
+# effects are read once per batch; 8 maps of 230k voxels are 15 MB.
+_FLIP_BATCH = 8
 
 # Monte-Carlo tests lose little power once alpha * n_perm is about 10 (Marriott 1979,
 # "Barnard's Monte Carlo tests: how many simulations?").
@@ -398,6 +434,95 @@ def flips_for_chunk(
 
 
 @dataclass(frozen=True)
+class SpatialInference:
+    """The spatial statistics a sign-flip test computes beside max |t|.
+
+    Attributes
+    ----------
+    neighbours : numpy.ndarray of int32, shape (n_voxels, connectivity)
+        Neighbour table of the voxels the effects are given on
+        (:func:`~laion_fmri_dataloader.stats.clusters.voxel_neighbours`).
+    connectivity : {6, 18, 26}
+        Which voxels touch, for TFCE and clusters alike.
+    tfce : TFCEParameters or None
+        TFCE's E, H and dh; None computes no TFCE.
+    cluster_threshold : float or None
+        Cluster-forming threshold as an uncorrected p-value, turned into a t
+        threshold with the subjects' degrees of freedom (nilearn's
+        ``threshold=``); None computes no cluster extent.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``cluster_threshold`` is not in (0, 1), ``tfce`` is not a
+        :class:`~laion_fmri_dataloader.stats.tfce.TFCEParameters`, or both are
+        None.
+    """
+
+    neighbours: np.ndarray
+    connectivity: int = 6
+    tfce: TFCEParameters | None = _NILEARN_TFCE
+    cluster_threshold: float | None = 0.001
+
+    def __post_init__(self) -> None:
+        if self.tfce is None and self.cluster_threshold is None:
+            raise InvalidParameterError(
+                "SpatialInference needs tfce parameters, a cluster threshold or both"
+            )
+        if self.tfce is not None and not isinstance(self.tfce, TFCEParameters):
+            raise InvalidParameterError(
+                f"tfce must be TFCEParameters or None; got {type(self.tfce).__name__}"
+            )
+        if self.cluster_threshold is not None:
+            object.__setattr__(
+                self,
+                "cluster_threshold",
+                _check_fraction("cluster_threshold", self.cluster_threshold),
+            )
+
+    @classmethod
+    def from_mask(
+        cls,
+        mask: np.ndarray,
+        *,
+        connectivity: Connectivity = 6,
+        tfce: TFCEParameters | None = _NILEARN_TFCE,
+        cluster_threshold: float | None = 0.001,
+    ) -> SpatialInference:
+        """The spatial statistics of maps given as ``volume[mask]``.
+
+        Parameters
+        ----------
+        mask : numpy.ndarray of bool, shape (X, Y, Z)
+            The group mask.
+        connectivity : {6, 18, 26}, default=6
+            nilearn's default is 6 (voxels sharing a face).
+        tfce : TFCEParameters or None, default=TFCEParameters()
+            As the attribute.
+        cluster_threshold : float or None, default=0.001
+            As the attribute.
+
+        Returns
+        -------
+        SpatialInference
+        """
+        return cls(
+            neighbours=voxel_neighbours(mask, connectivity),
+            connectivity=connectivity,
+            tfce=tfce,
+            cluster_threshold=cluster_threshold,
+        )
+
+    def forming_threshold(self, n_subjects: int, one_sided: bool) -> float | None:
+        """t threshold of the clusters for ``n_subjects`` (None without clusters)."""
+        if self.cluster_threshold is None:
+            return None
+        return cluster_forming_threshold(
+            self.cluster_threshold, n_subjects - 1, one_sided=one_sided
+        )
+
+
+@dataclass(frozen=True)
 class SignFlipData:
     """Group data prepared once for every chunk of a sign-flip test.
 
@@ -410,11 +535,19 @@ class SignFlipData:
         Observed t map, exactly as :func:`one_sample_t` computes it.
     zero_variance : numpy.ndarray of bool, shape (n_voxels,)
         Voxels with the same value in every subject (t = 0, p_fwe = 1).
+    spatial : SpatialInference or None
+        TFCE and cluster extent to compute from the same flips, if any.
+    normalized64 : numpy.ndarray of float64, shape (n_subjects, n_voxels) or None
+        ``normalized`` in float64, with ``spatial``: TFCE thresholds each map at
+        100 heights, and float32 t maps would cross some of them where nilearn's
+        float64 maps do not.
     """
 
     normalized: np.ndarray
     t: np.ndarray
     zero_variance: np.ndarray
+    spatial: SpatialInference | None = None
+    normalized64: np.ndarray | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -422,7 +555,9 @@ class SignFlipData:
         return self.normalized.shape[0]
 
 
-def prepare_sign_flip(effects: np.ndarray) -> SignFlipData:
+def prepare_sign_flip(
+    effects: np.ndarray, spatial: SpatialInference | None = None
+) -> SignFlipData:
     """Normalise group effects for :func:`sign_flip_chunk`.
 
     A sign flip changes the sum ``s`` of a voxel's effects but not their sum of
@@ -436,16 +571,21 @@ def prepare_sign_flip(effects: np.ndarray) -> SignFlipData:
     ----------
     effects : numpy.ndarray, shape (n_subjects, n_voxels)
         One effect map per subject, finite.
+    spatial : SpatialInference, optional
+        TFCE and cluster extent to compute too; its neighbour table must have one
+        row per voxel.
 
     Returns
     -------
     SignFlipData
-        The scaled effects (float32) and the observed t map.
+        The scaled effects (float32, and float64 with ``spatial``) and the
+        observed t map.
 
     Raises
     ------
     InvalidParameterError
-        If ``effects`` is not 2-D, has fewer than 2 subjects, or is not finite.
+        If ``effects`` is not 2-D, has fewer than 2 subjects, or is not finite, or
+        ``spatial`` does not fit its voxels.
     """
     observed = one_sample_t(effects)
     effects = np.asarray(effects, dtype=np.float64)
@@ -460,10 +600,25 @@ def prepare_sign_flip(effects: np.ndarray) -> SignFlipData:
         out=np.empty(effects.shape, dtype=np.float32),
         casting="same_kind",
     )
+    normalized64 = None
+    if spatial is not None:
+        if not isinstance(spatial, SpatialInference):
+            raise InvalidParameterError(
+                f"spatial must be a SpatialInference; got {type(spatial).__name__}"
+            )
+        if spatial.neighbours.shape[0] != effects.shape[1]:
+            raise InvalidParameterError(
+                f"the neighbour table has {spatial.neighbours.shape[0]} voxels and "
+                f"the effects {effects.shape[1]}; build it from the mask the "
+                "effects were taken from"
+            )
+        normalized64 = np.ascontiguousarray(effects * scale)
     return SignFlipData(
         normalized=normalized,
         t=observed.t,
         zero_variance=observed.zero_variance,
+        spatial=spatial,
+        normalized64=normalized64,
     )
 
 
@@ -531,6 +686,176 @@ def sign_flip_chunk(
     return max_t
 
 
+@dataclass(frozen=True)
+class Maxima:
+    """The maximum statistics of some permutations, in permutation order.
+
+    Attributes
+    ----------
+    t : numpy.ndarray of float64, shape (n_rows,)
+        Max ``|t|`` (two-sided) or max t (one-sided), as :func:`sign_flip_chunk`.
+    tfce : numpy.ndarray of float64, shape (n_rows,) or None
+        Max ``|TFCE|`` (two-sided) or max TFCE, if computed.
+    cluster : numpy.ndarray of int64, shape (n_rows,) or None
+        Size of the largest cluster in voxels, if computed.
+    """
+
+    t: np.ndarray
+    tfce: np.ndarray | None = None
+    cluster: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.t.size
+
+    @classmethod
+    def concatenate(cls, parts: list[Maxima]) -> Maxima:
+        """The maxima of consecutive chunks, in the order given."""
+        return cls(
+            t=np.concatenate([part.t for part in parts]),
+            tfce=None
+            if parts[0].tfce is None
+            else np.concatenate([part.tfce for part in parts]),
+            cluster=None
+            if parts[0].cluster is None
+            else np.concatenate([part.cluster for part in parts]),
+        )
+
+
+def sign_flip_maxima(
+    data: SignFlipData, flips: np.ndarray, *, one_sided: bool = False
+) -> Maxima:
+    """Every maximum statistic of each sign flip of a chunk: a worker's unit of work.
+
+    Max ``|t|`` as :func:`sign_flip_chunk`; with ``data.spatial``, also max
+    ``|TFCE|`` and the largest cluster, from float64 t maps of the same flips, in
+    batches of 8 flips whose t maps are made together (a fixed order of summation
+    over subjects per voxel, so a flip's maps do not depend on its batch). Rows
+    that flip every sign or none use the observed t map itself, so that the
+    unflipped data's maxima equal the observed map's to the bit. Memory:
+    ``8 x n_voxels`` float64 maps and the sweep's arrays, whatever the number of
+    flips.
+
+    Parameters
+    ----------
+    data : SignFlipData
+        Output of :func:`prepare_sign_flip`.
+    flips : numpy.ndarray, shape (n_rows, n_subjects)
+        +1 / -1 signs, e.g. from :func:`flips_for_chunk`.
+    one_sided : bool, default=False
+        If True, maxima of t, TFCE of positive values and positive clusters only.
+
+    Returns
+    -------
+    Maxima
+        The maxima of each row of ``flips``.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``flips`` does not have one column per subject.
+    """
+    max_t = sign_flip_chunk(data, flips, one_sided=one_sided)
+    spatial = data.spatial
+    if spatial is None:
+        return Maxima(t=max_t)
+    flips = np.ascontiguousarray(flips, dtype=np.float64)
+    n_rows = flips.shape[0]
+    max_tfce = np.zeros(n_rows)
+    max_cluster = np.zeros(n_rows, dtype=np.int64)
+    parameters = spatial.tfce or _NILEARN_TFCE
+    forming = spatial.forming_threshold(data.n_subjects, one_sided)
+    _spatial_maxima(
+        data.normalized64,
+        flips,
+        data.t,
+        spatial.neighbours,
+        spatial.tfce is not None,
+        parameters.E,
+        parameters.H,
+        parameters._dh_code,
+        forming is not None,
+        0.0 if forming is None else forming,
+        not one_sided,
+        max_tfce,
+        max_cluster,
+        _tfce_workspace(data.t.size),
+        _cluster_workspace(data.t.size),
+    )
+    return Maxima(
+        t=max_t,
+        tfce=None if spatial.tfce is None else max_tfce,
+        cluster=None if forming is None else max_cluster,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _spatial_maxima(
+    normalized,
+    flips,
+    observed_t,
+    neighbours,
+    with_tfce,
+    E,
+    H,
+    dh,
+    with_clusters,
+    forming,
+    two_sided,
+    max_tfce,
+    max_cluster,
+    tfce_work,
+    cluster_work,
+):
+    """Max |TFCE| and largest cluster of each flip, into the two output arrays."""
+    n_subjects, n_voxels = normalized.shape
+    n_rows = flips.shape[0]
+    batch = max(min(_FLIP_BATCH, n_rows), 1)
+    maps = np.empty((batch, n_voxels))
+    scratch = np.empty(n_voxels)
+    dof_root = np.sqrt(n_subjects - 1.0)
+    for start in range(0, n_rows, batch):
+        rows = min(batch, n_rows - start)
+        # r = flips @ normalized per voxel block, the subjects always summed in
+        # the same order so that a flip's map is the same in any batch.
+        for block in range(0, n_voxels, _VOXEL_BLOCK):
+            stop = min(block + _VOXEL_BLOCK, n_voxels)
+            for b in range(rows):
+                for voxel in range(block, stop):
+                    maps[b, voxel] = 0.0
+                for subject in range(n_subjects):
+                    sign = flips[start + b, subject]
+                    for voxel in range(block, stop):
+                        maps[b, voxel] += sign * normalized[subject, voxel]
+        for b in range(rows):
+            row = start + b
+            n_positive = 0
+            for subject in range(n_subjects):
+                if flips[row, subject] > 0:
+                    n_positive += 1
+            t = maps[b]
+            identity = n_positive == n_subjects or n_positive == 0
+            if n_positive == n_subjects:
+                t[:] = observed_t
+            elif n_positive == 0:
+                t[:] = -observed_t
+            else:
+                for voxel in range(n_voxels):
+                    r = t[voxel]
+                    room = n_subjects - r * r
+                    if room > 0.0:
+                        t[voxel] = r * dof_root / np.sqrt(room)
+                    else:
+                        t[voxel] = np.copysign(np.inf, r)
+            if with_tfce:
+                max_tfce[row] = _tfce_map(
+                    t, neighbours, E, H, dh, two_sided, scratch, identity, *tfce_work
+                )
+            if with_clusters:
+                max_cluster[row] = _max_size(
+                    t, neighbours, forming, two_sided, *cluster_work
+                )
+
+
 def fwe_from_max_t(
     data: SignFlipData,
     max_t: np.ndarray,
@@ -579,9 +904,19 @@ def fwe_from_max_t(
     InvalidParameterError
         If ``max_t`` has fewer than ``1 / alpha`` values, so nothing can survive.
     """
+    stat = data.t if one_sided else np.abs(data.t)
+    t_cutoff, p_fwe = _max_statistic_fwe(stat, max_t, alpha)
+    p_fwe[data.zero_variance] = 1.0
+    return t_cutoff, p_fwe
+
+
+def _max_statistic_fwe(
+    stat: np.ndarray, maxima: np.ndarray, alpha: float
+) -> tuple[float, np.ndarray]:
+    """Cutoff and corrected p of ``stat`` from the permutation maxima (any order)."""
     alpha = _check_fraction("alpha", alpha)
-    max_t = np.sort(np.asarray(max_t, dtype=np.float64).ravel())
-    n_perm = max_t.size
+    maxima = np.sort(np.asarray(maxima, dtype=np.float64).ravel())
+    n_perm = maxima.size
     # Count with the same float comparison that p_fwe <= alpha will make.
     allowed = math.floor(alpha * n_perm)
     while (allowed + 1) / n_perm <= alpha:
@@ -593,12 +928,92 @@ def fwe_from_max_t(
             f"{n_perm} permutations cannot reach alpha={alpha} (smallest corrected "
             f"p is 1/{n_perm}); use at least {min_n_perm(alpha)}"
         )
-    t_cutoff = float(max_t[n_perm - 1 - allowed])
-    stat = data.t if one_sided else np.abs(data.t)
-    at_or_above = n_perm - np.searchsorted(max_t, stat, side="left")
-    p_fwe = at_or_above / n_perm
-    p_fwe[data.zero_variance] = 1.0
-    return t_cutoff, p_fwe
+    cutoff = float(maxima[n_perm - 1 - allowed])
+    at_or_above = n_perm - np.searchsorted(maxima, stat, side="left")
+    return cutoff, at_or_above / n_perm
+
+
+@dataclass(frozen=True)
+class TFCEResult:
+    """Family-wise error of TFCE by the permutation distribution of its maximum.
+
+    Attributes
+    ----------
+    tfce : numpy.ndarray of float64, shape (n_voxels,)
+        TFCE of the observed t map, with the sign of t.
+    max_tfce : numpy.ndarray of float64, shape (n_perm,)
+        Max ``|TFCE|`` (max TFCE one-sided) of each permutation, in permutation
+        order; ``max_tfce[0]`` is the unflipped data's.
+    cutoff : float
+        Voxels with ``|tfce| > cutoff`` survive (``tfce >`` one-sided), exactly
+        those with ``p_fwe <= alpha``: the critical max TFCE.
+    p_fwe : numpy.ndarray of float64, shape (n_voxels,)
+        ``#{k : max_tfce[k] >= |tfce|} / n_perm``; 1 where TFCE is 0.
+    parameters : TFCEParameters
+        E, H and the dh rule.
+    dh : float
+        Threshold step of the observed map (each permutation has its own).
+    connectivity : int
+        Which voxels touch (6: faces).
+    alpha : float
+        Family-wise error rate of ``cutoff``.
+    """
+
+    tfce: np.ndarray
+    max_tfce: np.ndarray
+    cutoff: float
+    p_fwe: np.ndarray
+    parameters: TFCEParameters
+    dh: float
+    connectivity: int
+    alpha: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Surviving voxels, ``p_fwe <= alpha``."""
+        return self.p_fwe <= self.alpha
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """Family-wise error of cluster extent by the distribution of the largest cluster.
+
+    Attributes
+    ----------
+    clusters : Clusters
+        Clusters of the observed t map above ``forming_t`` (and below
+        ``-forming_t`` two-sided).
+    max_size : numpy.ndarray of int64, shape (n_perm,)
+        Largest cluster of each permutation in voxels, in permutation order.
+    cutoff : int
+        Clusters of more than ``cutoff`` voxels survive, exactly the voxels with
+        ``p_fwe <= alpha``: the critical max cluster size.
+    p_fwe : numpy.ndarray of float64, shape (n_voxels,)
+        ``#{k : max_size[k] >= size of the voxel's cluster} / n_perm``; 1 outside
+        clusters.
+    forming_p : float
+        Cluster-forming threshold as an uncorrected p-value.
+    forming_t : float
+        The same as a t threshold with ``n_subjects - 1`` degrees of freedom.
+    connectivity : int
+        Which voxels touch (6: faces).
+    alpha : float
+        Family-wise error rate of ``cutoff``.
+    """
+
+    clusters: Clusters
+    max_size: np.ndarray
+    cutoff: int
+    p_fwe: np.ndarray
+    forming_p: float
+    forming_t: float
+    connectivity: int
+    alpha: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Surviving voxels, ``p_fwe <= alpha``."""
+        return self.p_fwe <= self.alpha
 
 
 @dataclass(frozen=True)
@@ -630,6 +1045,10 @@ class PermutationResult:
         Family-wise error rate of ``t_cutoff``.
     one_sided : bool
         Whether the test is one-sided (mean > 0).
+    tfce : TFCEResult or None
+        TFCE from the same flips, when asked for.
+    cluster : ClusterResult or None
+        Cluster extent from the same flips, when asked for.
     """
 
     t: np.ndarray
@@ -642,6 +1061,8 @@ class PermutationResult:
     chunk_size: int
     alpha: float
     one_sided: bool
+    tfce: TFCEResult | None = None
+    cluster: ClusterResult | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -698,8 +1119,9 @@ def sign_flip_max_t(
     one_sided: bool = False,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    spatial: SpatialInference | None = None,
 ) -> PermutationResult:
-    """Family-wise error correction by sign-flip permutation of the max t.
+    """Family-wise error correction by sign-flip permutation of the max statistic.
 
     Under the null hypothesis of a symmetric distribution of effects around 0,
     flipping the signs of whole subject maps leaves the data's distribution
@@ -707,6 +1129,10 @@ def sign_flip_max_t(
     of the maximum under the null (Nichols & Holmes 2002). The unflipped data counts
     as one of the ``n_perm`` permutations, which keeps the test exact. When
     ``2**n_subjects <= n_perm`` all sign vectors are enumerated instead.
+
+    With ``spatial``, the same flips also give the distributions of the maximum
+    TFCE and of the largest cluster, whose corrected p-values are computed alike
+    (nilearn's ``permuted_ols(tfce=True, threshold=...)``); max |t| is unchanged.
 
     Parameters
     ----------
@@ -723,11 +1149,14 @@ def sign_flip_max_t(
         Non-negative seed of the random flips.
     chunk_size : int, default=DEFAULT_CHUNK_SIZE
         Flips per chunk; results depend on it (see :func:`flips_for_chunk`).
+    spatial : SpatialInference, optional
+        TFCE and cluster extent to compute from the same flips.
 
     Returns
     -------
     PermutationResult
-        The max distribution, cutoff and corrected p-values.
+        The max distribution, cutoff and corrected p-values (and ``tfce``,
+        ``cluster`` with ``spatial``).
 
     Raises
     ------
@@ -736,7 +1165,8 @@ def sign_flip_max_t(
         (see :func:`min_subjects_for_permutation`) or ``n_perm`` is below
         :func:`min_n_perm`.
     InvalidParameterError
-        If ``alpha``, ``n_perm``, ``seed`` or ``chunk_size`` is not allowed.
+        If ``alpha``, ``n_perm``, ``seed``, ``chunk_size`` or ``spatial`` is not
+        allowed.
 
     Examples
     --------
@@ -747,7 +1177,7 @@ def sign_flip_max_t(
     >>> result.exhaustive, result.n_perm, np.flatnonzero(result.mask).tolist()
     (True, 256, [0, 1, 2, 4])
     """
-    data = prepare_sign_flip(effects)
+    data = prepare_sign_flip(effects, spatial)
     n_subjects = data.n_subjects
     n_used, exhaustive = check_permutation_test(
         n_subjects,
@@ -758,20 +1188,21 @@ def sign_flip_max_t(
         chunk_size=chunk_size,
     )
 
-    def run_chunk(chunk_index: int) -> np.ndarray:
+    def run_chunk(chunk_index: int) -> Maxima:
         flips = flips_for_chunk(
             n_subjects, chunk_index, chunk_size=chunk_size, seed=seed, n_perm=n_used
         )
-        return sign_flip_chunk(data, flips, one_sided=one_sided)
+        return sign_flip_maxima(data, flips, one_sided=one_sided)
 
     # One chunk per core, each with a single-threaded BLAS: the products are too
     # small for OpenBLAS threads, which on a busy machine ran 5x slower than one
-    # thread. Chunks are computed the same way whichever thread runs them.
+    # thread. Chunks are computed the same way whichever thread runs them (the
+    # compiled TFCE and cluster code releases the GIL).
     total_chunks = n_chunks(n_subjects, n_used, chunk_size)
-    max_t = np.concatenate(map_threads(run_chunk, range(total_chunks)))
+    maxima = Maxima.concatenate(map_threads(run_chunk, range(total_chunks)))
     return permutation_result(
         data,
-        max_t,
+        maxima,
         exhaustive=exhaustive,
         seed=seed,
         chunk_size=chunk_size,
@@ -782,7 +1213,7 @@ def sign_flip_max_t(
 
 def permutation_result(
     data: SignFlipData,
-    max_t: np.ndarray,
+    maxima: Maxima | np.ndarray,
     *,
     exhaustive: bool,
     seed: int,
@@ -790,19 +1221,63 @@ def permutation_result(
     alpha: float,
     one_sided: bool,
 ) -> PermutationResult:
-    """Reduce the maxima of every permutation (in chunk order) to the result."""
-    t_cutoff, p_fwe = fwe_from_max_t(data, max_t, alpha=alpha, one_sided=one_sided)
+    """Reduce the maxima of every permutation (in chunk order) to the result.
+
+    ``maxima`` is a :class:`Maxima`, or the array of max t alone. The observed
+    TFCE map and clusters are computed here, on the client, once.
+    """
+    if not isinstance(maxima, Maxima):
+        maxima = Maxima(t=np.asarray(maxima, dtype=np.float64))
+    t_cutoff, p_fwe = fwe_from_max_t(data, maxima.t, alpha=alpha, one_sided=one_sided)
+    spatial = data.spatial
+    tfce_result = cluster_result = None
+    if spatial is not None and maxima.tfce is not None:
+        parameters = spatial.tfce or _NILEARN_TFCE
+        observed = tfce(data.t, spatial.neighbours, parameters, one_sided=one_sided)
+        statistic = observed if one_sided else np.abs(observed)
+        cutoff, p_tfce = _max_statistic_fwe(statistic, maxima.tfce, alpha)
+        top = float(data.t.max() if one_sided else np.abs(data.t).max())
+        tfce_result = TFCEResult(
+            tfce=observed,
+            max_tfce=maxima.tfce,
+            cutoff=cutoff,
+            p_fwe=p_tfce,
+            parameters=parameters,
+            dh=float(tfce_thresholds(top, parameters.dh)[0]) if top > 0 else 0.0,
+            connectivity=spatial.connectivity,
+            alpha=alpha,
+        )
+    if spatial is not None and maxima.cluster is not None:
+        forming = spatial.forming_threshold(data.n_subjects, one_sided)
+        clusters = label_clusters(
+            data.t, spatial.neighbours, forming, one_sided=one_sided
+        )
+        cutoff, p_cluster = _max_statistic_fwe(
+            clusters.voxel_sizes, maxima.cluster, alpha
+        )
+        cluster_result = ClusterResult(
+            clusters=clusters,
+            max_size=maxima.cluster,
+            cutoff=int(cutoff),
+            p_fwe=p_cluster,
+            forming_p=spatial.cluster_threshold,
+            forming_t=forming,
+            connectivity=spatial.connectivity,
+            alpha=alpha,
+        )
     return PermutationResult(
         t=data.t,
-        max_t=max_t,
+        max_t=maxima.t,
         t_cutoff=t_cutoff,
         p_fwe=p_fwe,
-        n_perm=max_t.size,
+        n_perm=len(maxima),
         exhaustive=exhaustive,
         seed=seed,
         chunk_size=chunk_size,
         alpha=alpha,
         one_sided=one_sided,
+        tfce=tfce_result,
+        cluster=cluster_result,
     )
 
 
