@@ -10,7 +10,11 @@ What ``make bench`` runs.  In order:
 3. group sign-flip permutations (``bench_permutation``): ours against
    nilearn's ``permuted_ols`` (``n_jobs=1``), nilearn's time extrapolated
    from fewer permutations, FWE cutoffs compared;
-4. scaling of ours: voxels, volumes, subjects, permutations.
+4. TFCE and cluster-extent FWE (``bench_tfce``): ours against nilearn's
+   ``non_parametric_inference(tfce=True)`` and ``(threshold=0.001)``
+   (``n_jobs=1``) on the MNI152 brain mask, nilearn's time extrapolated from a
+   few permutations, the observed TFCE map and cluster sizes compared;
+5. scaling of ours: voxels, volumes, subjects, permutations.
 
 Side-by-side numbers come from the same run, interleaved where the benchmark
 repeats, best (min) of the repeats; the machine and its load average are
@@ -37,6 +41,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import bench_end_to_end  # noqa: E402
 import bench_first_level  # noqa: E402
 import bench_permutation  # noqa: E402
+import bench_tfce  # noqa: E402
 
 #: Sizes of the full run and of ``--quick``.
 SIZES = {
@@ -50,6 +55,10 @@ SIZES = {
         "group_voxels": 230_000,
         "n_perm": 10_000,
         "nilearn_perm": 200,
+        "tfce_resolution": 2,
+        "tfce_n_perm": 10_000,
+        "nilearn_tfce_perm": 3,
+        "nilearn_cluster_perm": 20,
         "scaling_voxels": (0.25, 0.5, 1.0),
         "scaling_volumes": (150, 300),
         "scaling_subjects": (10, 20, 40),
@@ -65,6 +74,10 @@ SIZES = {
         "group_voxels": 20_000,
         "n_perm": 2_000,
         "nilearn_perm": 100,
+        "tfce_resolution": 4,
+        "tfce_n_perm": 2_000,
+        "nilearn_tfce_perm": 2,
+        "nilearn_cluster_perm": 10,
         "scaling_voxels": (0.25, 0.5, 1.0),
         "scaling_volumes": (75, 150),
         "scaling_subjects": (10, 20, 40),
@@ -164,6 +177,22 @@ def run_all(size: dict, log) -> dict:
         ]
     )
 
+    log("TFCE and cluster extent: ours vs non_parametric_inference")
+    results["tfce"] = bench_tfce.main(
+        [
+            "--resolution",
+            str(size["tfce_resolution"]),
+            "--subjects",
+            str(size["subjects"]),
+            "--n-perm",
+            str(size["tfce_n_perm"]),
+            "--nilearn-perm",
+            str(size["nilearn_tfce_perm"]),
+            "--nilearn-cluster-perm",
+            str(size["nilearn_cluster_perm"]),
+        ]
+    )
+
     log("scaling of ours")
     # Every point is measured here, one after the other, so that the rows of
     # one axis share the machine's load.
@@ -232,7 +261,7 @@ def markdown(results: dict) -> str:
     """RESULTS.md: the machine, the side-by-side table, gzip options, scaling."""
     m, size = results["machine"], results["size"]
     first, e2e = results["first_level"], results["end_to_end"]
-    perm = results["permutation"]
+    perm, spatial = results["permutation"], results["tfce"]
     grid = "x".join(map(str, e2e["grid"]))
     lines = [
         "# Benchmarks",
@@ -281,6 +310,32 @@ def markdown(results: dict) -> str:
         f"{perm['nilearn_t_cutoff']:.3f} (nilearn 95% interval "
         f"{perm['nilearn_t_cutoff_ci95'][0]:.3f}-{perm['nilearn_t_cutoff_ci95'][1]:.3f})"
         f" | {perm['ours_peak_rss_mb']:.0f} / {perm['nilearn_peak_rss_mb']:.0f} MB |",
+        f"| group TFCE FWE (E 0.5, H 2, dh max/100, 6-connectivity, with max abs t), "
+        f"{spatial['subjects']} subjects x {spatial['voxels']:,} voxels "
+        f"({spatial['resolution_mm']} mm MNI152 mask) x {spatial['n_perm']:,} "
+        "permutations (nilearn `non_parametric_inference(tfce=True)`, n_jobs=1, "
+        f"run with {spatial['nilearn_tfce_perm_run']} and extrapolated at "
+        f"{_seconds(spatial['nilearn_tfce_seconds_per_perm'])} a permutation) | "
+        f"{_seconds(spatial['ours_tfce_seconds'])} | "
+        f"{_seconds(spatial['nilearn_tfce_seconds_extrapolated'])} | "
+        f"{spatial['tfce_speedup']:.0f}x (CPU time {spatial['tfce_speedup_cpu']:.0f}x)"
+        " | observed TFCE map max rel. diff "
+        f"{spatial['tfce_map_max_rel_diff']:.1g}; critical max TFCE "
+        f"{spatial['ours_tfce_cutoff']:.0f} | "
+        f"{spatial['ours_tfce_peak_rss_mb']:.0f} / "
+        f"{spatial['nilearn_tfce_peak_rss_mb']:.0f} MB |",
+        f"| group cluster-extent FWE (p < 0.001, t > "
+        f"{spatial['cluster_forming_t']:.2f}, with max abs t), the same data "
+        f"(nilearn `non_parametric_inference(threshold=0.001)`, run with "
+        f"{spatial['nilearn_cluster_perm_run']} and extrapolated) | "
+        f"{_seconds(spatial['ours_cluster_seconds'])} | "
+        f"{_seconds(spatial['nilearn_cluster_seconds_extrapolated'])} | "
+        f"{spatial['cluster_speedup']:.0f}x (CPU time "
+        f"{spatial['cluster_speedup_cpu']:.0f}x) | observed cluster sizes differ at "
+        f"{spatial['cluster_size_voxels_differing']} voxels; critical max cluster "
+        f"{spatial['ours_cluster_cutoff']} voxels | "
+        f"{spatial['ours_cluster_peak_rss_mb']:.0f} / "
+        f"{spatial['nilearn_cluster_peak_rss_mb']:.0f} MB |",
         "",
         f"Permutations on one core: ours {_seconds(perm['ours_one_core_seconds'])}, "
         f"{perm['speedup_one_core']:.0f}x nilearn's single-job time.",
@@ -356,7 +411,8 @@ def markdown(results: dict) -> str:
         "",
         "Raw rows: `python benchmarks/run.py --json FILE`.  Agreement is also "
         "checked by the test suite (tests/test_first_level.py, tests/test_engine.py,"
-        " tests/test_inference.py), without timing.",
+        " tests/test_inference.py, tests/test_tfce.py, tests/test_cluster_inference"
+        ".py), without timing.",
         "",
     ]
     return "\n".join(lines)

@@ -283,3 +283,21 @@ def test_cluster_extent_at_p001_is_exactly_as_conservative_as_its_ties(noise):
     assert 0.01 < rates["exact_level"] <= ALPHA, rates
     low, high = stats.binom.ppf([0.025, 0.975], rates["n_groups"], rates["exact_level"])
     assert low <= rates["cluster_hits"] <= high, rates
+
+
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_screened_cluster_maxima_equal_the_full_maps(one_sided):
+    # Cluster extent alone finds its voxels from the float32 sums of max |t|;
+    # with TFCE it reads the full float64 maps. The maxima must be the same.
+    reference = nilearn_reference()
+    effects, mask = reference["effects"], reference["mask"]
+    # Forming thresholds from loose to strict, so that many voxels sit near them.
+    for forming_p in (0.2, 0.01, 0.001):
+        alone = SpatialInference.from_mask(mask, tfce=None, cluster_threshold=forming_p)
+        both = SpatialInference.from_mask(mask, cluster_threshold=forming_p)
+        options = {"n_perm": 300, "seed": 3, "one_sided": one_sided}
+        screened = sign_flip_max_t(effects, spatial=alone, **options)
+        full = sign_flip_max_t(effects, spatial=both, **options)
+        np.testing.assert_array_equal(screened.cluster.max_size, full.cluster.max_size)
+        np.testing.assert_array_equal(screened.max_t, full.max_t)
+        assert screened.cluster.max_size.max() > 0

@@ -322,9 +322,10 @@ def null_effects(rng: np.random.Generator, noise: str, mask: np.ndarray) -> np.n
     volumes = smooth_volumes(
         rng, CALIBRATION_SUBJECTS, CALIBRATION_GRID, CALIBRATION_FWHM
     )
+    effects = volumes[:, mask]
     if noise == "student-t3":
-        volumes = special.stdtrit(3, special.ndtr(volumes))
-    return volumes[:, mask]
+        effects = special.stdtrit(3, special.ndtr(effects))
+    return effects
 
 
 def tfce_calibration(noise: str, n_groups: int = 500, n_perm: int = 200) -> dict:

@@ -323,6 +323,27 @@ def _components(stat, neighbours, threshold, sign, parent, size, members):
             size[voxel] = 1
             members[count] = voxel
             count += 1
+    _unite(count, neighbours, parent, size, members)
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _components_of(stat, voxels, neighbours, threshold, sign, parent, size, members):
+    """:func:`_components` among ``voxels`` only (the others must be below it)."""
+    count = 0
+    for voxel in voxels:
+        if sign * stat[voxel] > threshold:
+            parent[voxel] = voxel
+            size[voxel] = 1
+            members[count] = voxel
+            count += 1
+    _unite(count, neighbours, parent, size, members)
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _unite(count, neighbours, parent, size, members):
+    # Union by size of the first ``count`` members with their active neighbours.
     n_neighbours = neighbours.shape[1]
     for i in range(count):
         voxel = members[i]
@@ -338,7 +359,6 @@ def _components(stat, neighbours, threshold, sign, parent, size, members):
                 root, other_root = other_root, root
             parent[other_root] = root
             size[root] += size[other_root]
-    return count
 
 
 @numba.njit(cache=True, nogil=True)
@@ -370,6 +390,24 @@ def _max_size(stat, neighbours, threshold, two_sided, parent, size, members):
         if sign < 0 and not two_sided:
             break
         count = _components(stat, neighbours, threshold, sign, parent, size, members)
+        for i in range(count):
+            voxel = members[i]
+            if parent[voxel] == voxel and size[voxel] > largest:
+                largest = size[voxel]
+        _reset(parent, members[:count])
+    return largest
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_size_of(stat, voxels, neighbours, threshold, two_sided, parent, size, members):
+    """:func:`_max_size` when every voxel beyond the threshold is in ``voxels``."""
+    largest = 0
+    for sign in (1.0, -1.0):
+        if sign < 0 and not two_sided:
+            break
+        count = _components_of(
+            stat, voxels, neighbours, threshold, sign, parent, size, members
+        )
         for i in range(count):
             voxel = members[i]
             if parent[voxel] == voxel and size[voxel] > largest:

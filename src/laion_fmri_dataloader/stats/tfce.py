@@ -389,39 +389,43 @@ def _tfce_side(
             order[first[k]] = voxel
             first[k] += 1
     n_neighbours = neighbours.shape[1]
-    for i in range(n_active):
-        voxel = order[i]
-        k = level[voxel]
-        parent[voxel] = voxel
-        roots[voxel, _SIZE] = 1.0
-        roots[voxel, _GAIN] = 0.0
-        roots[voxel, _BEST] = 0.0
-        roots[voxel, _PENDING] = k
-        offset[voxel] = 0.0
-        # The root of the voxel's component, followed through its unions.
-        root = voxel
-        for j in range(n_neighbours):
-            other = neighbours[voxel, j]
-            if other < 0 or parent[other] < 0:
-                continue
+    # After the fill, first[k] is where level k ends and level k - 1 begins.
+    for k in range(n_steps, 0, -1):
+        begin = 0 if k == n_steps else first[k + 1]
+        for i in range(begin, first[k]):
+            voxel = order[i]
+            parent[voxel] = voxel
+            roots[voxel, _SIZE] = 1.0
+            roots[voxel, _GAIN] = 0.0
+            roots[voxel, _BEST] = 0.0
+            roots[voxel, _PENDING] = k
             if want_values:
-                other_root = _find_keeping_offsets(parent, offset, other)
-            else:
-                other_root = _find(parent, other)
-            if root == other_root:
-                continue
-            _settle(root, k, roots, prefix, E)
-            _settle(other_root, k, roots, prefix, E)
-            if roots[root, _SIZE] < roots[other_root, _SIZE]:
-                root, other_root = other_root, root
-            offset[other_root] = roots[other_root, _GAIN] - roots[root, _GAIN]
-            parent[other_root] = root
-            roots[root, _SIZE] += roots[other_root, _SIZE]
-            roots[root, _BEST] = max(roots[root, _BEST], roots[other_root, _BEST])
+                offset[voxel] = 0.0
+            # The root of the voxel's component, followed through its unions.
+            root = voxel
+            for j in range(n_neighbours):
+                other = neighbours[voxel, j]
+                if other < 0 or parent[other] < 0:
+                    continue
+                if want_values:
+                    other_root = _find_keeping_offsets(parent, offset, other)
+                else:
+                    other_root = _find(parent, other)
+                if root == other_root:
+                    continue
+                _settle(root, k, roots, prefix, E)
+                _settle(other_root, k, roots, prefix, E)
+                if roots[root, _SIZE] < roots[other_root, _SIZE]:
+                    root, other_root = other_root, root
+                if want_values:
+                    offset[other_root] = roots[other_root, _GAIN] - roots[root, _GAIN]
+                parent[other_root] = root
+                roots[root, _SIZE] += roots[other_root, _SIZE]
+                roots[root, _BEST] = max(roots[root, _BEST], roots[other_root, _BEST])
     largest = 0.0
-    for i in range(n_active):
-        voxel = order[i]
-        if parent[voxel] == voxel:
+    # In voxel order: the parent and level arrays are read in sequence.
+    for voxel in range(n_voxels):
+        if level[voxel] > 0 and parent[voxel] == voxel:
             _settle(voxel, 0, roots, prefix, E)
             largest = max(largest, roots[voxel, _BEST])
     if want_values:
@@ -438,8 +442,7 @@ def _tfce_side(
             score += roots[node, _GAIN]
             values[voxel] = sign * score
             largest = max(largest, score)
-    for i in range(n_active):
-        parent[order[i]] = -1
+    parent[:] = -1
     return largest
 
 
