@@ -52,16 +52,15 @@ FWHM_MM = 6.0
 def make_group(resolution: float, n_subjects: int, seed: int):
     """Brain mask (3-D bool), affine and null effects (n_subjects, n_voxels)."""
     from nilearn.datasets import load_mni152_brain_mask
-    from scipy import ndimage
+
+    from laion_fmri_dataloader.simulate.data_gen import null_group_effects
 
     mask_image = load_mni152_brain_mask(resolution=resolution)
     mask = np.asanyarray(mask_image.dataobj) > 0
     rng = np.random.default_rng(seed)
-    sigma = FWHM_MM / resolution / np.sqrt(8 * np.log(2))
-    effects = np.empty((n_subjects, int(mask.sum())))
-    for subject in range(n_subjects):
-        volume = ndimage.gaussian_filter(rng.standard_normal(mask.shape), sigma)
-        effects[subject] = volume[mask] / volume[mask].std()
+    fwhm = FWHM_MM / resolution
+    effects = null_group_effects(rng, n_subjects, mask.shape, fwhm=fwhm)
+    effects = np.ascontiguousarray(effects[:, mask.ravel()])
     return mask, mask_image.affine, effects
 
 

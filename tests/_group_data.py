@@ -15,8 +15,8 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
+from laion_fmri_dataloader.simulate.data_gen import null_group_effects
 from laion_fmri_dataloader.stats.inference import (
     Maxima,
     PermutationResult,
@@ -43,12 +43,10 @@ def ball_mask(grid: tuple[int, int, int], radius: float) -> np.ndarray:
 def smooth_volumes(
     rng: np.random.Generator, n_subjects: int, grid: tuple[int, int, int], fwhm: float
 ) -> np.ndarray:
-    """Gaussian noise volumes smoothed in space, unit variance, (n, *grid)."""
-    sigma = fwhm / np.sqrt(8 * np.log(2))
-    noise = ndimage.gaussian_filter(
-        rng.standard_normal((n_subjects, *grid)), sigma=(0, sigma, sigma, sigma)
+    """:func:`null_group_effects` as volumes, (n_subjects, *grid)."""
+    return null_group_effects(rng, n_subjects, grid, fwhm=fwhm).reshape(
+        n_subjects, *grid
     )
-    return noise / noise.std()
 
 
 def reference_group() -> tuple[np.ndarray, np.ndarray]:

@@ -77,8 +77,8 @@ def test_listing(derivative_tree):
     assert dataset.contrasts("01") == list(STANDARD_CONTRASTS)
     assert dataset.contrasts() == list(STANDARD_CONTRASTS)
     assert dataset.stat_types("sub-01") == ["effect", "variance", "t", "z"]
-    assert dataset.stat_types() == ["t", "z", "p"]
-    assert dataset.corrections() == ["fdr", "fwe"]
+    assert dataset.stat_types() == ["t", "z", "p", "tfce"]
+    assert dataset.corrections() == ["fdr", "fwe", "tfce", "cluster"]
     assert "sub-01" in repr(dataset)
 
 
@@ -158,12 +158,13 @@ def test_metadata_and_paths(derivative_tree):
         (
             lambda d: d.load_group_level_contrast("faceVsBaseline", stat_type="effect"),
             InvalidLabelError,
-            r"stat_type must be one of \['t', 'z', 'p'\]",
+            r"stat_type must be one of \['t', 'z', 'p', 'tfce'\]",
         ),
         (
             lambda d: d.load_group_level_contrast("faceVsBaseline", correction="bonf"),
             InvalidLabelError,
-            r"correction must be one of \['fdr', 'fwe'\]; got 'bonf'",
+            r"correction must be one of \['fdr', 'fwe', 'tfce', 'cluster'\]; "
+            r"got 'bonf'",
         ),
         (
             lambda d: d.load_group_level_contrast("faceVsScen"),

@@ -59,7 +59,7 @@ def test_listing_and_loading_follow_links(derivative_tree, linked_dataset, capsy
     for subject in (None, "sub-01", "sub-02"):
         assert linked.contrasts(subject) == plain.contrasts(subject)
         assert linked.stat_types(subject) == plain.stat_types(subject)
-    assert linked.corrections() == plain.corrections() == ["fdr", "fwe"]
+    assert linked.corrections() == plain.corrections() == list(layout.CORRECTIONS)
     for subject in plain.subjects:
         for stat_type in layout.FIRST_LEVEL_STAT_TYPES:
             images = linked.load_all_contrasts(subject, stat_type=stat_type)

@@ -11,11 +11,15 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from laion_fmri_dataloader import LAIONfMRIDataset, layout
 from laion_fmri_dataloader.cli import main
 from laion_fmri_dataloader.contrasts import STANDARD_CONTRASTS
+from laion_fmri_dataloader.errors import NotFoundError
+from laion_fmri_dataloader.pipeline.group import GroupConfig, read_group_inputs
 from laion_fmri_dataloader.sidecar import MapSidecar
+from laion_fmri_dataloader.stats.inference import SpatialInference, sign_flip_max_t
 
 
 def _glm(dataset):
@@ -95,6 +99,96 @@ def test_corrected_maps_are_surviving_z(group_dataset):
     assert sidecar.AnalysisLevel == "group_level"
     assert sidecar.Subjects == [f"sub-{i:02d}" for i in range(1, 7)]
     assert sidecar.DegreesOfFreedom == 5
+
+
+def test_tfce_and_cluster_maps_are_the_permutation_tests(group_dataset):
+    # The same test run on the effects the group level read: its TFCE map, and
+    # which voxels survive TFCE and cluster extent, are what was written.
+    inputs = read_group_inputs(GroupConfig(output_dir=_glm(group_dataset)))
+    mask = inputs.mask
+    spatial = SpatialInference.from_mask(mask)
+    dataset = LAIONfMRIDataset(group_dataset)
+    assert dataset.corrections() == ["fdr", "fwe", "tfce", "cluster"]
+    assert dataset.stat_types() == ["t", "z", "p", "tfce"]
+    surviving = {"tfce": 0, "cluster": 0}
+    for contrast in STANDARD_CONTRASTS:
+        expected = sign_flip_max_t(inputs.effects[contrast], spatial=spatial)
+        stored = dataset.load_group_level_contrast(contrast, "tfce").get_fdata()
+        np.testing.assert_array_equal(
+            stored[mask], expected.tfce.tfce.astype(np.float32)
+        )
+        z = dataset.load_group_level_contrast(contrast, "z").get_fdata()[mask]
+        for correction, result in (
+            ("tfce", expected.tfce),
+            ("cluster", expected.cluster),
+        ):
+            values = dataset.load_group_level_contrast(
+                contrast, correction=correction
+            ).get_fdata()[mask]
+            np.testing.assert_array_equal(values != 0, result.mask)
+            np.testing.assert_array_equal(values[result.mask], z[result.mask])
+            surviving[correction] += int(result.mask.sum())
+            info = _sidecar(group_dataset, contrast, correction=correction).Correction
+            assert (info.NPermutations, info.Exhaustive, info.Seed) == (64, True, 0)
+            assert info.Alpha == 0.05 and info.TwoSided
+            table = _glm(group_dataset) / layout.cluster_table(contrast, correction)
+            assert table.is_file()
+        tfce = _sidecar(group_dataset, contrast, correction="tfce").Correction
+        assert tfce.CriticalMaxTFCE == expected.tfce.cutoff
+        assert (tfce.TFCE.E, tfce.TFCE.H, tfce.TFCE.Connectivity) == (0.5, 2.0, 6)
+        assert tfce.TFCE.Dh == pytest.approx(np.abs(expected.t).max() / 100)
+        assert tfce.TFCE.DhRule.startswith("max |t| / 100 of each map")
+        cluster = _sidecar(group_dataset, contrast, correction="cluster").Correction
+        assert cluster.CriticalClusterSize == expected.cluster.cutoff
+        assert cluster.Cluster.FormingP == 0.001
+        assert cluster.Cluster.FormingT == pytest.approx(stats.t.isf(0.0005, 5))
+        statistic = _sidecar(group_dataset, contrast, "tfce")
+        assert statistic.StatType == "tfce" and statistic.TFCE == tfce.TFCE
+        assert statistic.SkippedCorrections is None
+    assert surviving["tfce"] > 0 and surviving["cluster"] > 0
+
+
+def test_too_few_subjects_for_tfce_and_cluster_say_why(group_dataset, tmp_path, caplog):
+    copy = _copy_without_group(group_dataset, tmp_path)
+    five = ("--participant-label", "01", "02", "03", "04", "05")
+    with caplog.at_level("INFO", logger="laion_fmri"):
+        assert _group(copy, *five) == 0
+    assert re.search(
+        r"TFCE maps not written: 5 subjects are too few for a sign-flip test at "
+        r"alpha=0\.05 .* at least 6 subjects are needed",
+        caplog.text,
+    )
+    assert "CLUSTER maps not written" in caplog.text
+    dataset = LAIONfMRIDataset(copy)
+    assert dataset.corrections() == ["fdr", "fwe"]
+    assert dataset.stat_types() == ["t", "z", "p"]
+    for stat, correction in (("z", None), ("z", "fwe"), ("p", None)):
+        skipped = _sidecar(copy, "faceVsScene", stat, correction).SkippedCorrections
+        assert set(skipped) == {"tfce", "cluster"}
+        assert "smallest corrected p of 0.0625" in skipped["tfce"]
+    with pytest.raises(NotFoundError):
+        dataset.load_group_level_contrast("faceVsScene", correction="tfce")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="laion_fmri"):
+        assert _group(copy, *five) == 0
+    assert "outputs complete and up to date, skipped" in caplog.text
+
+
+def test_corrections_choose_the_maps_and_the_report_follows(group_dataset, tmp_path):
+    copy = _copy_without_group(group_dataset, tmp_path)
+    args = ("glm", str(copy), str(_glm(copy)), "group", "--scheduler", "none")
+    assert (
+        main([*args, "--corrections", "cluster", "fdr", "--cluster-threshold", "0.01"])
+        == 0
+    )
+    dataset = LAIONfMRIDataset(copy)
+    assert dataset.corrections() == ["fdr", "cluster"]
+    assert dataset.stat_types() == ["t", "z", "p"]
+    cluster = _sidecar(copy, "faceVsScene", correction="cluster").Correction
+    assert cluster.Cluster.FormingP == 0.01
+    assert cluster.Cluster.FormingT == pytest.approx(stats.t.isf(0.005, 5))
+    page = (_glm(copy) / "reports" / "group.html").read_text()
+    assert "CLUSTER" in page and "TFCE" not in page
 
 
 def test_rerun_is_skipped(group_dataset, caplog):
@@ -180,6 +274,34 @@ BAD_GROUP_INPUTS = {
         lambda d: None,
         ("--participant-label", "01", "02", "09"),
         r"sub-09 has no first-level task-experiment maps",
+    ),
+    "cluster threshold outside (0, 1)": (
+        lambda d: None,
+        ("--cluster-threshold", "1.5"),
+        r"--cluster-threshold must be a cluster-forming p-value in \(0, 1\), e\.g\. "
+        r"0\.001; got 1\.5",
+    ),
+    "unknown correction": (
+        lambda d: None,
+        ("--corrections", "fdr", "tfc"),
+        r"unknown correction 'tfc' in --corrections; did you mean 'tfce'\? "
+        r"Available: fdr, fwe, tfce, cluster",
+    ),
+    "TFCE E not positive": (
+        lambda d: None,
+        ("--tfce-e", "0"),
+        r"--tfce-e must be a positive number \(nilearn's default: 0\.5\); got 0\.0",
+    ),
+    "TFCE H not positive": (
+        lambda d: None,
+        ("--tfce-h", "-2"),
+        r"--tfce-h must be a positive number \(nilearn's default: 2\); got -2\.0",
+    ),
+    "TFCE dh neither auto nor positive": (
+        lambda d: None,
+        ("--tfce-dh", "fine"),
+        r"--tfce-dh must be 'auto' \(max \|t\| / 100 of each map\) or a positive "
+        r"number; got 'fine'",
     ),
 }
 

@@ -47,7 +47,7 @@ from laion_fmri_dataloader.pipeline.scheduling import (
 )
 from laion_fmri_dataloader.simulate import simulate_dataset
 from laion_fmri_dataloader.simulate.data_gen import null_group_effects
-from laion_fmri_dataloader.stats.inference import sign_flip_max_t
+from laion_fmri_dataloader.stats.inference import SpatialInference, sign_flip_max_t
 
 DASK = Path(sys.executable).parent / "dask"
 SUBJECTS = ("01", "02", "03")
@@ -384,10 +384,27 @@ def _effects(n_subjects: int, seed: int) -> np.ndarray:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("n_workers", [1, 2])
 def test_distributed_sign_flip_equals_in_process(n_workers, scheduler_address):
-    # Random flips in 4 chunks (2**10 > 1000), and exhaustive one-sided flips.
+    # Random flips in 4 chunks (2**10 > 1000), and exhaustive one-sided flips;
+    # TFCE and clusters on a 15 x 20 x 10 grid (the active voxels are a slab),
+    # then clusters alone (their screened path).
+    grid = np.ones((15, 20, 10), dtype=bool)
     cases = [
-        (_effects(10, 0), GroupConfig(Path("."), n_perm=1000, seed=5)),
-        (_effects(8, 1), GroupConfig(Path("."), one_sided=True, alpha=0.1, seed=2)),
+        (_effects(10, 0), GroupConfig(Path("."), n_perm=1000, seed=5), None),
+        (
+            _effects(8, 1),
+            GroupConfig(Path("."), one_sided=True, alpha=0.1, seed=2),
+            None,
+        ),
+        (
+            _effects(10, 0),
+            GroupConfig(Path("."), n_perm=1000, seed=5),
+            SpatialInference.from_mask(grid),
+        ),
+        (
+            _effects(8, 1),
+            GroupConfig(Path("."), one_sided=True, alpha=0.1, seed=2),
+            SpatialInference.from_mask(grid, tfce=None, cluster_threshold=0.01),
+        ),
     ]
     if n_workers == 1:
         scheduler, options = "local", {"workers": 1}
@@ -396,18 +413,36 @@ def test_distributed_sign_flip_equals_in_process(n_workers, scheduler_address):
     # Both cases share the client of this block rather than each opening one.
     scheduler = Scheduler.parse(scheduler, **options)
     with open_client(scheduler) as client:
-        for effects, config in cases:
+        for effects, config, spatial in cases:
             expected = sign_flip_max_t(
                 effects,
                 n_perm=config.n_perm,
                 alpha=config.alpha,
                 one_sided=config.one_sided,
                 seed=config.seed,
+                spatial=spatial,
             )
             with get_task_stream(client) as stream:
                 result = distributed_sign_flip(
-                    effects, scheduler=scheduler, **_flip_options(config)
+                    effects,
+                    scheduler=scheduler,
+                    spatial=spatial,
+                    **_flip_options(config),
                 )
+            if spatial is not None and spatial.tfce is not None:
+                np.testing.assert_array_equal(
+                    result.tfce.max_tfce, expected.tfce.max_tfce
+                )
+                np.testing.assert_array_equal(result.tfce.p_fwe, expected.tfce.p_fwe)
+                assert result.tfce.mask[:40].sum() >= 30
+            if spatial is not None:
+                np.testing.assert_array_equal(
+                    result.cluster.max_size, expected.cluster.max_size
+                )
+                np.testing.assert_array_equal(
+                    result.cluster.p_fwe, expected.cluster.p_fwe
+                )
+                assert result.cluster.mask[:40].all()
             assert any(task["key"].startswith("sign-flip-") for task in stream.data)
             np.testing.assert_array_equal(result.max_t, expected.max_t)
             np.testing.assert_array_equal(result.p_fwe, expected.p_fwe)

@@ -39,6 +39,7 @@ __all__ = [
     "GROUP_LEVEL_DIR",
     "GROUP_ROI_KINDS",
     "GROUP_STAT_TYPES",
+    "PERMUTATION_CORRECTIONS",
     "SPLITS",
     "bids_name",
     "cluster_table",
@@ -71,11 +72,18 @@ GROUP_LEVEL_DIR = PurePosixPath("group_level")
 
 #: Stat types written per subject; ``effect`` is in percent signal change.
 FIRST_LEVEL_STAT_TYPES = ("effect", "variance", "t", "z")
-#: Stat types written per contrast at the group level.
-GROUP_STAT_TYPES = ("t", "z", "p")
+#: Stat types written per contrast at the group level; ``tfce`` (threshold-free
+#: cluster enhancement of t, with its sign) only with the tfce correction.
+GROUP_STAT_TYPES = ("t", "z", "p", "tfce")
 #: Multiple-comparison corrections with a corrected map: adding one here names
 #: its map, sidecar and cluster table, and lets the loader and parser find them.
-CORRECTIONS = ("fdr", "fwe")
+#: ``fdr``: Benjamini-Hochberg; ``fwe``: voxel-wise family-wise error (sign-flip
+#: max |t|, or Bonferroni); ``tfce`` and ``cluster``: family-wise error of TFCE
+#: and of cluster extent from the same sign flips.
+CORRECTIONS = ("fdr", "fwe", "tfce", "cluster")
+#: The corrections that only a sign-flip permutation test gives (no parametric
+#: fallback): with too few subjects for it to reach alpha they are not written.
+PERMUTATION_CORRECTIONS = ("tfce", "cluster")
 #: Halves of a subject's runs (odd and even positions in its run list): the
 #: ``split`` entity of half-run maps and of the fROIs defined from them.
 SPLITS = ("odd", "even")

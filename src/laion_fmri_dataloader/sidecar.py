@@ -39,6 +39,7 @@ from laion_fmri_dataloader.contrasts import Contrast
 
 __all__ = [
     "BIDS_VERSION",
+    "ClusterInfo",
     "ContrastInfo",
     "CorrectionInfo",
     "DatasetDescription",
@@ -47,6 +48,7 @@ __all__ = [
     "MapSidecar",
     "ModelInfo",
     "SoftwareInfo",
+    "TFCEInfo",
     "changed_inputs",
     "container",
     "contrast_info",
@@ -141,12 +143,36 @@ class InputFile(_Sidecar):
     ModifiedNs: int = Field(description="modification time, ns since the epoch")
 
 
+class TFCEInfo(_Sidecar):
+    """How a TFCE map was computed (nilearn's and FSL's defaults: E 0.5, H 2)."""
+
+    E: float = Field(description="extent exponent")
+    H: float = Field(description="height exponent")
+    Dh: float | None = Field(
+        None, description="threshold step of the observed map (t units)"
+    )
+    DhRule: str = Field(description="how each map's step is chosen")
+    Connectivity: int = Field(description="6: voxels sharing a face")
+    TwoSided: bool = Field(description="both signs enhanced, each apart")
+
+
+class ClusterInfo(_Sidecar):
+    """How the clusters of a cluster-extent map were formed."""
+
+    FormingP: float = Field(description="uncorrected cluster-forming p-value")
+    FormingT: float = Field(description="the same as |t| with the group's dof")
+    Connectivity: int = Field(description="6: voxels sharing a face")
+
+
 class CorrectionInfo(_Sidecar):
     """How a corrected map was thresholded.
 
     ``TThreshold`` and ``ZThreshold`` are the method's critical values, there
     whether or not any voxel survives; ``SmallestSurvivingZ`` is the smallest
-    |z| in the map, so that ``|z| >= SmallestSurvivingZ`` reproduces it.
+    |z| in the map, so that ``|z| >= SmallestSurvivingZ`` reproduces it.  TFCE
+    and cluster extent threshold another statistic: their critical values are
+    ``CriticalMaxTFCE`` (voxels with a larger |TFCE| survive) and
+    ``CriticalClusterSize`` (clusters of more voxels survive).
     """
 
     Method: str
@@ -165,6 +191,14 @@ class CorrectionInfo(_Sidecar):
     NPermutations: int | None = None
     Exhaustive: bool | None = None
     Seed: int | None = None
+    TFCE: TFCEInfo | None = None
+    CriticalMaxTFCE: float | None = Field(
+        None, description="95th-percentile-style cutoff of the max |TFCE| null"
+    )
+    Cluster: ClusterInfo | None = None
+    CriticalClusterSize: int | None = Field(
+        None, description="voxels; larger clusters survive"
+    )
     Note: str | None = None
 
 
@@ -196,6 +230,10 @@ class MapSidecar(_Sidecar):
     DegreesOfFreedom: float | None = None
     Mask: str | None = None
     Correction: CorrectionInfo | None = None
+    TFCE: TFCEInfo | None = None
+    SkippedCorrections: dict[str, str] | None = Field(
+        None, description="corrections asked for but not written, and why"
+    )
     Parameters: dict[str, object] = {}
 
     @model_validator(mode="before")

@@ -301,6 +301,14 @@ def config_from_args(args: argparse.Namespace) -> FirstLevelConfig:
     )
 
 
+def _tfce_dh(text: str) -> float | str:
+    """``--tfce-dh``: ``auto`` or a number (the group configuration checks it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _check_fwhm(value: float | None, option: str) -> None:
     if value is not None and value < 0:
         raise InvalidParameterError(f"{option} must be >= 0 mm; got {value}")
@@ -417,6 +425,11 @@ def run_glm_command(args: argparse.Namespace) -> int:
         force=args.force,
         bids_dir=Path(args.bids_dir),
         fmriprep_dir=Path(args.fmriprep_dir) if args.fmriprep_dir else None,
+        corrections=tuple(args.corrections),
+        cluster_threshold=args.cluster_threshold,
+        tfce_e=args.tfce_e,
+        tfce_h=args.tfce_h,
+        tfce_dh=_tfce_dh(args.tfce_dh),
     )
     run_group_level(group, scheduler)
     if args.reports:

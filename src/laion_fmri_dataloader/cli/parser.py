@@ -6,6 +6,7 @@ import argparse
 
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.cli import commands as handlers
+from laion_fmri_dataloader.layout import CORRECTIONS
 
 __all__ = ["build_parser"]
 
@@ -140,6 +141,35 @@ def _add_glm_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--one-sided", action="store_true", help="test effect > 0 only")
     group.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    group.add_argument(
+        "--corrections",
+        nargs="+",
+        default=list(CORRECTIONS),
+        metavar="NAME",
+        help="corrected maps to write, of "
+        f"{', '.join(CORRECTIONS)} (default: all); tfce and cluster come from the "
+        "sign flips of fwe, in one pass",
+    )
+    group.add_argument(
+        "--cluster-threshold",
+        type=float,
+        default=0.001,
+        metavar="P",
+        help="cluster-forming threshold of cluster extent, an uncorrected p "
+        "turned into |t| with the group's degrees of freedom (default 0.001)",
+    )
+    group.add_argument(
+        "--tfce-e", type=float, default=0.5, help="TFCE extent exponent E (0.5)"
+    )
+    group.add_argument(
+        "--tfce-h", type=float, default=2.0, help="TFCE height exponent H (2)"
+    )
+    group.add_argument(
+        "--tfce-dh",
+        default="auto",
+        help="TFCE threshold step: auto (max |t| / 100 of each map, as nilearn "
+        "and fslmaths) or a number",
+    )
     group.add_argument(
         "--group-smoothing-fwhm",
         type=float,

@@ -3,12 +3,18 @@
 Reads every subject's first-level ``stat-effect`` maps (percent signal change)
 and masks from the derivative layout, fits an OLS one-sample t test per contrast
 inside the intersection of the subjects' masks, and writes the ``t``, ``z`` and
-``p`` maps, the FDR- and FWE-corrected maps (the z map, 0 where a voxel does not
-survive), a cluster table beside each corrected map, and sidecars.
+``p`` maps, the corrected maps of ``--corrections`` (the z map, 0 where a voxel
+does not survive), a cluster table beside each corrected map, and sidecars.
 
 FWE: sign-flip permutation of the max |t| when the subjects are enough for it to
 reach alpha (``--fwe auto``), otherwise Bonferroni, which the sidecar and the
-log state.  Everything is read and checked before anything is written; the
+log state.  TFCE (nilearn's defaults: E 0.5, H 2, dh = max |t| / 100 of each
+map, 6-connectivity, both signs) and cluster extent (clusters of ``|t|`` above
+the t of ``--cluster-threshold``, p < 0.001 by default) come from the same sign
+flips, in one pass; they have no parametric fallback, so with too few subjects
+their maps are not written, and the log and the other maps' sidecars
+(``SkippedCorrections``) say why.  The TFCE statistic itself is written as
+``stat-tfce``.  Everything is read and checked before anything is written; the
 group folder is written under its lock, as one unit with a manifest of
 checksums (:func:`~laion_fmri_dataloader.io.files.output_set`), the group mask
 and the cluster tables included.
@@ -26,6 +32,7 @@ with a warning naming it, and the group sidecars list it under
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +45,13 @@ from scipy import special
 from laion_fmri_dataloader import layout, provenance
 from laion_fmri_dataloader._version import __version__
 from laion_fmri_dataloader.contrasts import order_contrast_names
-from laion_fmri_dataloader.errors import InputError, NotFoundError, did_you_mean
+from laion_fmri_dataloader.errors import (
+    InputError,
+    InvalidLabelError,
+    InvalidParameterError,
+    NotFoundError,
+    did_you_mean,
+)
 from laion_fmri_dataloader.inputs.bids import find_subjects
 from laion_fmri_dataloader.io.files import (
     folder_lock,
@@ -51,11 +64,13 @@ from laion_fmri_dataloader.io.files import (
 )
 from laion_fmri_dataloader.provenance import outputs_complete, read_manifest
 from laion_fmri_dataloader.sidecar import (
+    ClusterInfo,
     ContrastInfo,
     CorrectionInfo,
     DatasetDescription,
     MapSidecar,
     ModelInfo,
+    TFCEInfo,
     changed_inputs,
     dependency_versions,
     first_level_signature,
@@ -65,6 +80,7 @@ from laion_fmri_dataloader.sidecar import (
 from laion_fmri_dataloader.stats.engine import t_to_z
 from laion_fmri_dataloader.stats.inference import (
     PermutationResult,
+    SpatialInference,
     bonferroni_mask,
     cluster_table,
     fdr_threshold,
@@ -74,6 +90,7 @@ from laion_fmri_dataloader.stats.inference import (
     sign_flip_max_t,
 )
 from laion_fmri_dataloader.stats.second_level import OneSampleResult, one_sample_t
+from laion_fmri_dataloader.stats.tfce import TFCEParameters
 
 __all__ = [
     "MIN_SUBJECTS",
@@ -98,9 +115,19 @@ MASK_LOSS_WARNING = 0.05
 FweMethod = Literal["auto", "permutation", "bonferroni"]
 
 #: The sign-flip test the group level is given: ``sign_flip_max_t``'s signature,
-#: ``(effects, *, n_perm, alpha, one_sided, seed) -> PermutationResult``; run in
-#: this process or on Dask workers, as the caller chose.
+#: ``(effects, *, n_perm, alpha, one_sided, seed, spatial) -> PermutationResult``;
+#: run in this process or on Dask workers, as the caller chose.
 SignFlipTest = Callable[..., PermutationResult]
+
+#: Voxels that touch for TFCE and clusters: sharing a face, as in nilearn and FSL.
+CONNECTIVITY = 6
+
+#: How TFCE's step is chosen, in words for the sidecars.
+_DH_RULE = {
+    "auto": "max |t| / 100 of each map (nilearn, fslmaths)",
+    "number": "max |t| / round(max |t| / dh) of each map, 10 to 1000 steps "
+    "(nilearn's rule)",
+}
 
 
 @dataclass(frozen=True)
@@ -137,6 +164,22 @@ class GroupConfig:
     fmriprep_dir : Path or None
         Where subjects with preprocessed BOLD but no maps are looked for;
         None: ``bids_dir/derivatives/fmriprep``.
+    corrections : tuple of str
+        Corrected maps to write, from ``layout.CORRECTIONS`` (all by default).
+    cluster_threshold : float
+        Cluster-forming threshold of cluster extent, an uncorrected p in (0, 1).
+    tfce_e, tfce_h : float
+        TFCE's extent and height exponents, > 0.
+    tfce_dh : float or 'auto'
+        TFCE's threshold step (``'auto'``: max |t| / 100 of each map).
+
+    Raises
+    ------
+    InvalidLabelError
+        An unknown correction.
+    InvalidParameterError
+        A cluster threshold outside (0, 1) or a TFCE parameter that is not a
+        positive number.
     """
 
     output_dir: Path
@@ -151,12 +194,70 @@ class GroupConfig:
     force: bool = False
     bids_dir: Path | None = None
     fmriprep_dir: Path | None = None
+    corrections: tuple[str, ...] = layout.CORRECTIONS
+    cluster_threshold: float = 0.001
+    tfce_e: float = 0.5
+    tfce_h: float = 2.0
+    tfce_dh: float | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.corrections if c not in layout.CORRECTIONS]
+        if unknown:
+            raise InvalidLabelError(
+                f"unknown correction {unknown[0]!r} in --corrections; "
+                + did_you_mean(unknown[0], layout.CORRECTIONS)
+            )
+        if not self.corrections:
+            raise InvalidLabelError(
+                "--corrections needs one or more of " + ", ".join(layout.CORRECTIONS)
+            )
+        # One order whatever the order asked: the layout's.
+        object.__setattr__(
+            self,
+            "corrections",
+            tuple(c for c in layout.CORRECTIONS if c in self.corrections),
+        )
+        threshold = self.cluster_threshold
+        if not (
+            isinstance(threshold, (int, float))
+            and not isinstance(threshold, bool)
+            and 0.0 < threshold < 1.0
+        ):
+            raise InvalidParameterError(
+                "--cluster-threshold must be a cluster-forming p-value in (0, 1), "
+                f"e.g. 0.001; got {threshold!r}"
+            )
+        for option, value in (("--tfce-e", self.tfce_e), ("--tfce-h", self.tfce_h)):
+            if not _is_positive(value):
+                raise InvalidParameterError(
+                    f"{option} must be a positive number (nilearn's default: "
+                    f"{0.5 if option == '--tfce-e' else 2}); got {value!r}"
+                )
+        if self.tfce_dh != "auto" and not _is_positive(self.tfce_dh):
+            raise InvalidParameterError(
+                "--tfce-dh must be 'auto' (max |t| / 100 of each map) or a positive "
+                f"number; got {self.tfce_dh!r}"
+            )
+
+    @property
+    def tfce(self) -> TFCEParameters:
+        """TFCE's parameters."""
+        return TFCEParameters(E=self.tfce_e, H=self.tfce_h, dh=self.tfce_dh)
 
     def parameters(self) -> dict[str, object]:
         values = asdict(self)
         for key in ("output_dir", "force", "bids_dir", "fmriprep_dir"):
             values.pop(key)
         return {**values, "version": __version__}
+
+
+def _is_positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 @dataclass
@@ -474,39 +575,100 @@ def _fwe_method(config: GroupConfig, n_subjects: int) -> str:
     if method == "auto":
         method = "permutation" if n_subjects >= smallest else "bonferroni"
     if method == "permutation":
-        n_used, exhaustive = permutation_count(n_subjects, config.n_perm)
-        if not exhaustive and n_used < min_n_perm(config.alpha):
-            raise InputError(
-                f"--n-perm {config.n_perm} is too small for alpha={config.alpha}; "
-                f"use at least {min_n_perm(config.alpha)}"
-            )
+        _check_n_perm(config, n_subjects)
     return method
 
 
-def _group_outputs(contrasts: list[str]) -> list[str]:
-    """File names of every output of the group level."""
+def _check_n_perm(config: GroupConfig, n_subjects: int) -> None:
+    n_used, exhaustive = permutation_count(n_subjects, config.n_perm)
+    if not exhaustive and n_used < min_n_perm(config.alpha):
+        raise InputError(
+            f"--n-perm {config.n_perm} is too small for alpha={config.alpha}; "
+            f"use at least {min_n_perm(config.alpha)}"
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the group level writes for every contrast, decided once."""
+
+    fwe_method: str
+    corrections: tuple[str, ...]
+    spatial: SpatialInference | None
+    skipped: dict[str, str]
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        return tuple(
+            stat
+            for stat in layout.GROUP_STAT_TYPES
+            if stat != "tfce" or "tfce" in self.corrections
+        )
+
+
+def _plan(config: GroupConfig, n_subjects: int, mask: np.ndarray) -> _Plan:
+    """The FWE method, the corrections that can be written, and why not the rest.
+
+    TFCE and cluster extent have no parametric fallback: with fewer subjects
+    than a sign-flip test needs to reach alpha, they are left out, with the
+    reason.
+    """
+    method = _fwe_method(config, n_subjects)
+    wanted = [c for c in config.corrections if c in layout.PERMUTATION_CORRECTIONS]
+    smallest = min_subjects_for_permutation(config.alpha, config.one_sided)
+    skipped: dict[str, str] = {}
+    if wanted and n_subjects < smallest:
+        reason = (
+            f"not written: {n_subjects} subjects are too few for a sign-flip test "
+            f"at alpha={config.alpha} (2^{n_subjects} sign flips give a smallest "
+            f"corrected p of {(1 if config.one_sided else 2) / 2**n_subjects:g}; "
+            f"at least {smallest} subjects are needed), and it has no parametric "
+            "fallback"
+        )
+        skipped = {correction: reason for correction in wanted}
+        wanted = []
+    elif wanted:
+        _check_n_perm(config, n_subjects)
+    spatial = None
+    if wanted:
+        spatial = SpatialInference.from_mask(
+            mask,
+            connectivity=CONNECTIVITY,
+            tfce=config.tfce if "tfce" in wanted else None,
+            cluster_threshold=config.cluster_threshold if "cluster" in wanted else None,
+        )
+    return _Plan(
+        fwe_method=method,
+        corrections=tuple(c for c in config.corrections if c not in skipped),
+        spatial=spatial,
+        skipped=skipped,
+    )
+
+
+def _group_outputs(contrasts: list[str], plan: _Plan) -> list[str]:
+    """File names of every output of the group level (as ``plan`` decides)."""
     maps = [
         path
         for contrast in contrasts
         for path in (
-            *(layout.group_map(contrast, stat) for stat in layout.GROUP_STAT_TYPES),
-            *(layout.group_map(contrast, correction=c) for c in layout.CORRECTIONS),
+            *(layout.group_map(contrast, stat) for stat in plan.stats),
+            *(layout.group_map(contrast, correction=c) for c in plan.corrections),
         )
     ]
     tables = [
         layout.cluster_table(contrast, correction)
         for contrast in contrasts
-        for correction in layout.CORRECTIONS
+        for correction in plan.corrections
     ]
     paths = [*maps, *map(layout.sidecar_of, maps), *tables, layout.group_mask()]
     return [path.name for path in paths]
 
 
-def _is_complete(root: Path, contrasts: list[str], expected: str) -> bool:
+def _is_complete(root: Path, contrasts: list[str], expected: str, plan: _Plan) -> bool:
     return outputs_complete(
         root / layout.GROUP_LEVEL_DIR,
         layout.group_manifest().name,
-        _group_outputs(contrasts),
+        _group_outputs(contrasts, plan),
         expected,
     )
 
@@ -558,8 +720,9 @@ def run_group(
     config : GroupConfig
         The options of the group level.
     sign_flip : callable, default=sign_flip_max_t
-        The sign-flip test of the FWE maps (in this process by default; the
-        pipeline passes one that runs on Dask workers when a cluster is named).
+        The sign-flip test of the FWE, TFCE and cluster maps, all from one call
+        per contrast (in this process by default; the pipeline passes one that
+        runs on Dask workers when a cluster is named).
 
     Returns
     -------
@@ -569,25 +732,26 @@ def run_group(
     inputs = read_group_inputs(config)
     root = Path(config.output_dir)
     _check_first_levels_finished(root, inputs.subjects, config.task)
-    method = _fwe_method(config, len(inputs.subjects))
+    plan = _plan(config, len(inputs.subjects), inputs.mask)
     fingerprint = provenance.fingerprint(config.parameters(), inputs.files)
     with folder_lock(
         root / layout.lock_of(layout.GROUP_LEVEL_DIR), what="the group level"
     ):
         remove_stale_temporaries(root / layout.GROUP_LEVEL_DIR)
-        if not config.force and _is_complete(root, inputs.contrasts, fingerprint):
+        if not config.force and _is_complete(root, inputs.contrasts, fingerprint, plan):
             log.info("group level: outputs complete and up to date, skipped")
             return []
         with output_set(
             root / layout.GROUP_LEVEL_DIR,
             layout.group_manifest().name,
-            _group_outputs(inputs.contrasts),
+            _group_outputs(inputs.contrasts, plan),
             fingerprint,
         ):
-            return _fit_and_write(config, inputs, method, fingerprint, sign_flip)
+            return _fit_and_write(config, inputs, plan, fingerprint, sign_flip)
 
 
-def _fit_and_write(config, inputs, method, fingerprint, sign_flip) -> list[Path]:
+def _fit_and_write(config, inputs, plan, fingerprint, sign_flip) -> list[Path]:
+    method = plan.fwe_method
     root = Path(config.output_dir)
     n_subjects = len(inputs.subjects)
     sidedness = "one-sided (effect > 0)" if config.one_sided else "two-sided"
@@ -611,10 +775,25 @@ def _fit_and_write(config, inputs, method, fingerprint, sign_flip) -> list[Path]
             config.alpha,
             min_subjects_for_permutation(config.alpha, config.one_sided),
         )
+    for correction, reason in plan.skipped.items():
+        log.info("group level: %s maps %s", correction.upper(), reason)
+    if plan.spatial is not None:
+        parts = []
+        if plan.spatial.tfce is not None:
+            parts.append(
+                f"TFCE (E={config.tfce_e:g}, H={config.tfce_h:g}, dh={config.tfce_dh})"
+            )
+        if plan.spatial.cluster_threshold is not None:
+            parts.append(f"cluster extent (p < {config.cluster_threshold:g})")
+        log.info(
+            "group level: %s from the same sign flips, %d-connectivity",
+            " and ".join(parts),
+            CONNECTIVITY,
+        )
     written: list[Path] = []
     for contrast in inputs.contrasts:
         written += _contrast_outputs(
-            config, inputs, contrast, method, fingerprint, sign_flip
+            config, inputs, contrast, plan, fingerprint, sign_flip
         )
     # The maps' header (qform and sform codes, units), as at the first level.
     mask_header = inputs.header.copy()
@@ -627,7 +806,8 @@ def _fit_and_write(config, inputs, method, fingerprint, sign_flip) -> list[Path]
     return written
 
 
-def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
+def _contrast_outputs(config, inputs, contrast, plan, fingerprint, sign_flip):
+    method = plan.fwe_method
     root = Path(config.output_dir)
     effects = inputs.effects[contrast]
     result: OneSampleResult = one_sample_t(effects, one_sided=config.one_sided)
@@ -653,6 +833,7 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
         ExcludedSubjects=inputs.excluded or None,
         DegreesOfFreedom=float(result.dof),
         Mask=layout.group_mask().name,
+        SkippedCorrections=plan.skipped or None,
         Parameters={**config.parameters(), "Fingerprint": fingerprint},
     )
     header = inputs.header.copy()
@@ -681,14 +862,26 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
         Note=f"voxels with p <= {p_critical:.6g} survive (q = {config.alpha})"
         + ("" if p_cut > 0 else "; no voxel does, q / m is the first step's cutoff"),
     )
-    if method == "permutation":
+    permutation = None
+    if plan.spatial is not None or (
+        method == "permutation" and "fwe" in plan.corrections
+    ):
+        # One pass over the sign flips for every permutation-based correction.
         permutation = sign_flip(
             effects,
             n_perm=config.n_perm,
             alpha=config.alpha,
             one_sided=config.one_sided,
             seed=config.seed,
+            spatial=plan.spatial,
         )
+    if "tfce" in plan.corrections:
+        survivors["tfce"] = permutation.tfce.mask
+        corrections["tfce"] = _tfce_info(config, permutation)
+    if "cluster" in plan.corrections:
+        survivors["cluster"] = permutation.cluster.mask
+        corrections["cluster"] = _cluster_info(config, permutation)
+    if method == "permutation" and "fwe" in plan.corrections:
         survivors["fwe"] = permutation.mask
         z_cutoff = float(t_to_z(np.array([permutation.t_cutoff]), result.dof)[0])
         corrections["fwe"] = CorrectionInfo(
@@ -705,7 +898,7 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
             Note=f"voxels with {'|t|' if not config.one_sided else 't'} > "
             f"{permutation.t_cutoff:.6g} survive (chunk size {permutation.chunk_size})",
         )
-    else:
+    elif "fwe" in plan.corrections:
         survive, p_bonferroni = bonferroni_mask(result.p, config.alpha)
         survivors["fwe"] = survive
         t_critical, z_critical = _critical_values(
@@ -727,14 +920,19 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
             ),
         )
     written = []
-    for stat, values in (("t", result.t), ("z", result.z), ("p", result.p)):
+    values_of = {"t": result.t, "z": result.z, "p": result.p}
+    if "tfce" in plan.corrections:
+        values_of["tfce"] = permutation.tfce.tfce
+    for stat in plan.stats:
         relative = layout.group_map(contrast, stat)
-        written.append(save_image(volume(values), root / relative))
+        written.append(save_image(volume(values_of[stat]), root / relative))
         update: dict[str, object] = {"StatType": stat}
         if stat == "p":
             update["TwoSided"] = not config.one_sided
+        if stat == "tfce":
+            update["TFCE"] = corrections["tfce"].TFCE
         write_json(base.model_copy(update=update), root / layout.sidecar_of(relative))
-    for correction in layout.CORRECTIONS:
+    for correction in plan.corrections:
         survive = survivors[correction]
         if config.one_sided:
             survive = survive & (result.z > 0)
@@ -769,3 +967,51 @@ def _contrast_outputs(config, inputs, contrast, method, fingerprint, sign_flip):
             info.Method,
         )
     return written
+
+
+def _tfce_info(config: GroupConfig, permutation: PermutationResult) -> CorrectionInfo:
+    tfce = permutation.tfce
+    sides = "|TFCE|" if not config.one_sided else "TFCE"
+    return CorrectionInfo(
+        Method=f"tfce (sign-flip permutation of max {sides})",
+        Alpha=config.alpha,
+        TwoSided=not config.one_sided,
+        NPermutations=permutation.n_perm,
+        Exhaustive=permutation.exhaustive,
+        Seed=permutation.seed,
+        TFCE=TFCEInfo(
+            E=tfce.parameters.E,
+            H=tfce.parameters.H,
+            Dh=tfce.dh,
+            DhRule=_DH_RULE["auto" if tfce.parameters.dh == "auto" else "number"],
+            Connectivity=tfce.connectivity,
+            TwoSided=not config.one_sided,
+        ),
+        CriticalMaxTFCE=tfce.cutoff,
+        Note=f"voxels with {sides} > {tfce.cutoff:.6g} survive; TFCE as nilearn's "
+        f"(sum over heights h of extent^{tfce.parameters.E:g} h^{tfce.parameters.H:g},"
+        f" not multiplied by dh; dh = {tfce.dh:.4g} on this map)",
+    )
+
+
+def _cluster_info(
+    config: GroupConfig, permutation: PermutationResult
+) -> CorrectionInfo:
+    cluster = permutation.cluster
+    sides = "|t|" if not config.one_sided else "t"
+    return CorrectionInfo(
+        Method="cluster extent (sign-flip permutation of the largest cluster)",
+        Alpha=config.alpha,
+        TwoSided=not config.one_sided,
+        NPermutations=permutation.n_perm,
+        Exhaustive=permutation.exhaustive,
+        Seed=permutation.seed,
+        Cluster=ClusterInfo(
+            FormingP=cluster.forming_p,
+            FormingT=cluster.forming_t,
+            Connectivity=cluster.connectivity,
+        ),
+        CriticalClusterSize=cluster.cutoff,
+        Note=f"clusters of {sides} > {cluster.forming_t:.4g} (p < "
+        f"{cluster.forming_p:g}) with more than {cluster.cutoff} voxels survive",
+    )

@@ -60,15 +60,17 @@ from laion_fmri_dataloader.pipeline.participant import SubjectResult
 from laion_fmri_dataloader.pipeline.scheduler import Scheduler, check_memory
 from laion_fmri_dataloader.stats.inference import (
     DEFAULT_CHUNK_SIZE,
+    Maxima,
     PermutationResult,
     SignFlipData,
+    SpatialInference,
     check_permutation_test,
     flips_for_chunk,
     n_chunks,
     permutation_result,
     prepare_sign_flip,
-    sign_flip_chunk,
     sign_flip_max_t,
+    sign_flip_maxima,
 )
 
 __all__ = [
@@ -568,7 +570,7 @@ def map_subjects(
     return [results[f"sub-{label}"] for label in labels]
 
 
-def _max_t_of_chunks(
+def _maxima_of_chunks(
     data: SignFlipData,
     chunk_indices: Sequence[int],
     *,
@@ -576,14 +578,14 @@ def _max_t_of_chunks(
     seed: int,
     chunk_size: int,
     one_sided: bool,
-) -> np.ndarray:
-    """Maximum statistic of every permutation of consecutive chunks (a worker task)."""
+) -> Maxima:
+    """Maximum statistics of every permutation of consecutive chunks (a worker task)."""
     # As in sign_flip_max_t: these small products run fastest on one BLAS thread,
     # and workers started without a nanny do not get OMP_NUM_THREADS=1.
     with threadpool_limits(limits=1, user_api="blas"):
-        return np.concatenate(
+        return Maxima.concatenate(
             [
-                sign_flip_chunk(
+                sign_flip_maxima(
                     data,
                     flips_for_chunk(
                         data.n_subjects,
@@ -608,6 +610,7 @@ def distributed_sign_flip(
     one_sided: bool = False,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    spatial: SpatialInference | None = None,
 ) -> PermutationResult:
     """:func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t` on Dask workers.
 
@@ -617,7 +620,8 @@ def distributed_sign_flip(
     test.
 
     The effects are normalised once on the client and broadcast to the workers;
-    each task computes the maxima of a run of consecutive chunks of sign flips
+    each task computes the maxima (max |t|, and TFCE and cluster size with
+    ``spatial``) of a run of consecutive chunks of sign flips
     (:func:`~laion_fmri_dataloader.stats.inference.flips_for_chunk`, which depend
     only on the seed and the chunk index), and the client concatenates them in
     chunk order.  The result is therefore the in-process result bit for bit,
@@ -629,7 +633,7 @@ def distributed_sign_flip(
         One effect map per subject, finite, inside the group mask.
     scheduler : Scheduler
         See :func:`open_client`.
-    n_perm, alpha, one_sided, seed, chunk_size
+    n_perm, alpha, one_sided, seed, chunk_size, spatial
         As :func:`~laion_fmri_dataloader.stats.inference.sign_flip_max_t`; the
         chunk size is part of the definition of the random flips.
 
@@ -656,8 +660,9 @@ def distributed_sign_flip(
             one_sided=one_sided,
             seed=seed,
             chunk_size=chunk_size,
+            spatial=spatial,
         )
-    data = prepare_sign_flip(effects)
+    data = prepare_sign_flip(effects, spatial)
     n_used, exhaustive = check_permutation_test(
         data.n_subjects,
         n_perm=n_perm,
@@ -682,7 +687,7 @@ def distributed_sign_flip(
         shared = client.scatter(data, broadcast=True)
         futures = [
             client.submit(
-                _max_t_of_chunks,
+                _maxima_of_chunks,
                 shared,
                 group.tolist(),
                 n_perm=n_used,
@@ -695,10 +700,10 @@ def distributed_sign_flip(
             )
             for group in groups
         ]
-        max_t = np.concatenate(client.gather(futures))
+        maxima = Maxima.concatenate(client.gather(futures))
     return permutation_result(
         data,
-        max_t,
+        maxima,
         exhaustive=exhaustive,
         seed=seed,
         chunk_size=chunk_size,
@@ -713,7 +718,7 @@ def permutation_function(scheduler: Scheduler) -> Callable[..., PermutationResul
     In this process (``none``): :func:`~laion_fmri_dataloader.stats.inference.
     sign_flip_max_t` itself; otherwise :func:`distributed_sign_flip` on that
     scheduler.  Both take the effects and ``n_perm``, ``alpha``, ``one_sided``
-    and ``seed``, and give the same result bit for bit.
+    and ``seed`` (and ``spatial``), and give the same result bit for bit.
     """
     scheduler = scheduler.for_group()
     if scheduler.in_process:

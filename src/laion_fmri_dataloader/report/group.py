@@ -65,13 +65,13 @@ class GlanceRow:
     peak : float
         Largest |z| of the uncorrected map.
     corrections : list of (int, float or None)
-        Per correction (:data:`layout.CORRECTIONS`), the surviving voxels and
-        the |z| threshold from the sidecar.
+        Per correction written for any contrast, the surviving voxels and the
+        |z| threshold from the sidecar (None where this contrast has no map).
     """
 
     link: Link
     peak: float
-    corrections: list[tuple[int, float | None]]
+    corrections: list[tuple[int | None, float | None]]
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,11 @@ def _survivors(image: nib.Nifti1Image) -> int:
 def _corrected_maps(
     dataset: LAIONfMRIDataset, contrast: str
 ) -> dict[str, nib.Nifti1Image]:
+    # The corrections written (--corrections; TFCE and cluster extent only with
+    # enough subjects), in the layout's order.
     return {
         correction: dataset.load_group_level_contrast(contrast, correction=correction)
-        for correction in layout.CORRECTIONS
+        for correction in dataset.corrections(contrast)
     }
 
 
@@ -136,10 +138,16 @@ def glance_rows(dataset: LAIONfMRIDataset, page: str = "") -> list[GlanceRow]:
     for contrast in group_contrasts(dataset):
         z = np.asanyarray(dataset.load_group_level_contrast(contrast, "z").dataobj)
         counts = []
-        for correction, image in _corrected_maps(dataset, contrast).items():
+        maps = _corrected_maps(dataset, contrast)
+        for correction in dataset.corrections():
+            if correction not in maps:
+                counts.append((None, None))
+                continue
             sidecar = metadata(dataset, contrast=contrast, correction=correction)
             info = sidecar.Correction if sidecar else None
-            counts.append((_survivors(image), info.ZThreshold if info else None))
+            counts.append(
+                (_survivors(maps[correction]), info.ZThreshold if info else None)
+            )
         rows.append(
             GlanceRow(
                 Link(f"{page}#contrast-{contrast}", contrast),
@@ -349,7 +357,7 @@ def _group_html(
         ),
         nav=nav,
         glance=glance_rows(dataset),
-        corrections=layout.CORRECTIONS,
+        corrections=dataset.corrections(),
         threshold=PEAK_Z_THRESHOLD,
         null_calibration_note=NULL_CALIBRATION_NOTE,
         truth_dir=truth_known,

@@ -83,7 +83,7 @@ def write_index(
         subtitle=f"task-{task}, {dataset.root}",
         nav=[],
         glance=glance_rows(dataset, "group.html") if group else None,
-        corrections=layout.CORRECTIONS,
+        corrections=dataset.corrections(),
         subjects=lines,
     )
     write_text(html, path)
