@@ -751,11 +751,14 @@ def sign_flip_maxima(
     Max ``|t|`` as :func:`sign_flip_chunk`; with ``data.spatial``, also max
     ``|TFCE|`` and the largest cluster, from float64 t maps of the same flips, in
     batches of 8 flips whose t maps are made together (a fixed order of summation
-    over subjects per voxel, so a flip's maps do not depend on its batch). Rows
-    that flip every sign or none use the observed t map itself, so that the
-    unflipped data's maxima equal the observed map's to the bit. Memory:
-    ``8 x n_voxels`` float64 maps and the sweep's arrays, whatever the number of
-    flips.
+    over subjects per voxel, so a flip's maps do not depend on its batch). Cluster
+    extent without TFCE needs t only where it may pass the cluster-forming
+    threshold: the float32 sums of max |t| pick those voxels (with a margin above
+    their rounding error) and only they get float64 t, summed in the same order,
+    so the largest clusters are the same as from the full maps. Rows that flip
+    every sign or none use the observed t map itself, so that the unflipped data's
+    maxima equal the observed map's to the bit. Memory: ``8 x n_voxels`` float64
+    maps and the sweep's arrays, whatever the number of flips.
 
     Parameters
     ----------
