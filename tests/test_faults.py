@@ -473,13 +473,19 @@ def test_a_dying_worker_costs_no_other_subject_its_result(
     ):
         assert main([*argv, "--workers", "2"]) == 2
     messages = [record.getMessage() for record in caplog.records]
-    assert not [m for m in messages if "lose already computed" in m], messages
-    assert _status(caplog) == (
-        "participant level: 2 done, 0 skipped (already complete), 1 failed"
+    # A worker can die between sub-01's end and the client's gather of its
+    # result (Dask then says it lost the computed task and reschedules it):
+    # the rerun finds sub-01's outputs complete from their content and skips
+    # it, so its work is never redone.
+    assert _status(caplog) in (
+        "participant level: 2 done, 0 skipped (already complete), 1 failed",
+        "participant level: 1 done, 1 skipped (already complete), 1 failed",
     )
     died = [m for m in messages if m.startswith("sub-02 failed: the worker fitting")]
     assert died and "ran out of memory" in died[0] and "crashed" in died[0]
-    assert sum(m.startswith("sub-01 done") for m in messages) == 1
+    for subject in ("01", "03"):
+        fits = [m for m in messages if m.startswith(f"sub-{subject}: fitting run-")]
+        assert len(fits) == 1, messages
     _assert_same(dataset, fitted, "01", "03")
     # Only the last attempt's temporary, which the next run removes.
     left = [path.name for path in _folder(dataset, "02").iterdir()]
